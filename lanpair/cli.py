@@ -1,0 +1,245 @@
+"""The `lanpair` command: argparse, one dispatcher from errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lanpair import __version__
+from lanpair.config import SETTINGS, Settings, load
+from lanpair.errors import DaemonNotRunning, LanpairError
+
+if TYPE_CHECKING:
+    from lanpair.daemon import Ready
+    from lanpair.models import Device
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one lanpair command; return its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load(cli=_given_settings(args), environ=os.environ, config_path=args.config)
+        command: Command = args.run
+        return command(args, settings)
+    except LanpairError as exc:
+        print(f"lanpair: error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lanpair",
+        description="Photos and files from your phone to this PC over the local network.",
+    )
+    parser.add_argument("--version", action="version", version=f"lanpair {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=_path,
+        metavar="FILE",
+        help="TOML settings file (default: ~/.config/lanpair/config.toml)",
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="run the daemon",
+        description="Run the lanpair daemon. Every setting can also come from LANPAIR_<NAME> "
+        "or the TOML file.",
+    )
+    for setting in SETTINGS:
+        _add_setting(serve, setting.name)
+    serve.set_defaults(run=_serve)
+
+    devices = commands.add_parser("devices", parents=[common], help="list paired devices")
+    _add_setting(devices, "data_dir")
+    devices.add_argument(
+        "--json", action="store_true", help="print JSON keyed by device id (no tokens)"
+    )
+    devices.set_defaults(run=_devices)
+
+    revoke = commands.add_parser("revoke", parents=[common], help="revoke a paired device")
+    _add_setting(revoke, "data_dir")
+    revoke.add_argument("device_id", help="the device's id (dev_…), from `lanpair devices`")
+    revoke.set_defaults(run=_revoke)
+
+    qr = commands.add_parser("qr", parents=[common], help="show a pairing QR code in this terminal")
+    _add_setting(qr, "data_dir")
+    qr.set_defaults(run=_qr)
+    return parser
+
+
+def _path(text: str) -> Any:
+    from pathlib import Path
+
+    return Path(text).expanduser()
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    setting = next(s for s in SETTINGS if s.name == name)
+    help_text = f"{setting.help} (default: {setting.shown_default()}; env {setting.env})"
+    if setting.kind == "bool":
+        parser.add_argument(
+            setting.flag,
+            dest=f"setting_{name}",
+            default=argparse.SUPPRESS,
+            action=argparse.BooleanOptionalAction,
+            help=help_text,
+        )
+    else:
+        parser.add_argument(
+            setting.flag,
+            dest=f"setting_{name}",
+            default=argparse.SUPPRESS,
+            metavar=setting.name.upper(),
+            choices=setting.choices or None,
+            help=help_text,
+        )
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    prefix = "setting_"
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from lanpair import daemon
+    from lanpair.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    daemon.run(settings, on_ready=_print_ready)
+    return EXIT_OK
+
+
+def _print_ready(ready: Ready) -> None:
+    print(f"lanpair: listening on {ready.listen_url}")
+    print(f"  pair a phone: open {ready.pairing_urls[0]} on this PC")
+    for url in ready.pairing_urls[1:]:
+        print(f"                or {url}")
+    if ready.fingerprint:
+        print(f"  certificate fingerprint (SHA-256 of its public key): {ready.fingerprint}")
+    else:
+        print("  plain HTTP: traffic is not encrypted")
+    print(f"  data: {ready.data_dir}", flush=True)
+
+
+def _devices(args: argparse.Namespace, settings: Settings) -> int:
+    from lanpair.clock import SystemClock, to_iso
+
+    devices = asyncio.run(_read_devices(settings))
+    now = SystemClock().now()
+    if args.json:
+        print(json.dumps({d.device_id: _device_json(d, now) for d in devices}, indent=2))
+        return EXIT_OK
+    if not devices:
+        print("No paired devices. Run `lanpair qr` or open the pairing page to pair one.")
+        return EXIT_OK
+    rows = [("NAME", "ID", "STATUS", "PAIRED", "EXPIRES", "LAST SEEN")]
+    rows += [
+        (
+            d.device_name,
+            d.device_id,
+            d.status_at(now).value,
+            to_iso(d.confirmed_at) or "",
+            to_iso(d.expires_at) or "",
+            to_iso(d.last_seen) or "never",
+        )
+        for d in devices
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return EXIT_OK
+
+
+def _device_json(device: Device, now: Any) -> dict[str, Any]:
+    from lanpair.clock import to_iso
+
+    return {
+        "device_id": device.device_id,
+        "device_name": device.device_name,
+        "status": device.status_at(now).value,
+        "confirmed_at": to_iso(device.confirmed_at),
+        "expires_at": to_iso(device.expires_at),
+        "last_seen": to_iso(device.last_seen),
+        "last_sync": to_iso(device.last_sync),
+        "file_count": device.file_count,
+    }
+
+
+async def _read_devices(settings: Settings) -> list[Device]:
+    from lanpair.paths import Paths
+    from lanpair.store import Store
+
+    database = Paths(settings.data_dir).database
+    if not await asyncio.to_thread(database.exists):
+        return []
+    async with Store(database) as store:
+        return await store.devices()
+
+
+def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from lanpair.client import owner_client
+
+    try:
+        client = owner_client(settings.data_dir)
+    except DaemonNotRunning:
+        device = asyncio.run(_revoke_offline(settings, args.device_id))
+        print(f"Revoked {device.device_name} ({device.device_id}).")
+        return EXIT_OK
+
+    async def revoke() -> Any:
+        async with client:
+            return await client.call("POST", f"/api/pairing/revoke/{args.device_id}", {})
+
+    result = asyncio.run(revoke())
+    print(f"Revoked {result['device_id']}; its connections are closed.")
+    return EXIT_OK
+
+
+async def _revoke_offline(settings: Settings, device_id: str) -> Device:
+    from lanpair.clock import SystemClock
+    from lanpair.models import OWNER
+    from lanpair.pairing import Pairing
+    from lanpair.paths import Paths
+    from lanpair.store import Store
+
+    async with Store(Paths(settings.data_dir).database) as store:
+        pairing = Pairing(
+            store,
+            SystemClock(),
+            pending_ttl_s=settings.pending_ttl_s,
+            pairing_ttl_s=settings.pairing_ttl_s,
+        )
+        return await pairing.revoke(device_id, OWNER, "cli")
+
+
+def _qr(args: argparse.Namespace, settings: Settings) -> int:
+    from lanpair import qr
+    from lanpair.client import owner_client
+
+    client = owner_client(settings.data_dir)
+
+    async def generate() -> Any:
+        async with client:
+            return await client.call("POST", "/api/pairing/generate", {})
+
+    pairing = asyncio.run(generate())
+    print(qr.terminal(pairing["url"]))
+    print("Scan this with the phone's camera, or open:")
+    print(f"  {pairing['url']}")
+    print(f"The code works once, until {pairing['expires_at']}.")
+    return EXIT_OK

@@ -1,0 +1,289 @@
+"""The composition root: bind, build, start, serve, stop. Nothing else starts anything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from lanpair import netif, tls
+from lanpair.clock import Clock, SystemClock
+from lanpair.config import Settings
+from lanpair.errors import CertificateError, ConfigError
+from lanpair.pairing import Pairing
+from lanpair.paths import Paths
+from lanpair.server import Services, Site, create_app
+from lanpair.store import Store
+
+log = logging.getLogger(__name__)
+
+ADDRESS_CHECK_S = 5.0
+SHUTDOWN_TIMEOUT_S = 3.0
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a started daemon tells whoever launched it."""
+
+    listen_url: str
+    pairing_urls: tuple[str, ...]
+    fingerprint: str | None
+    data_dir: str
+
+
+def run(settings: Settings, on_ready: Callable[[Ready], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop cleanly. Blocking."""
+    asyncio.run(serve(settings, on_ready=on_ready))
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[Ready], None] | None = None,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Start every part in order, serve until ``stop`` is set (or a signal), stop in reverse."""
+    clock = clock or SystemClock()
+    stop = stop or asyncio.Event()
+    paths = Paths(settings.data_dir)
+    await asyncio.to_thread(paths.ensure)
+    addresses = netif.LocalAddressSet()
+    await asyncio.to_thread(addresses.refresh)
+    advertise_ip = settings.advertise_ip or await asyncio.to_thread(_advertise_ip)
+    certificate = await _set_up_tls(settings, paths, advertise_ip)
+    sockets = await asyncio.to_thread(_bind, settings)
+    port = sockets[0].getsockname()[1]
+
+    store = Store(paths.database)
+    site = Site(
+        name=settings.name,
+        device_id="",
+        hostname=settings.hostname,
+        port=port,
+        scheme="https" if certificate else "http",
+        ip=advertise_ip,
+        fingerprint=certificate[0].fingerprint if certificate else None,
+        extra_names=settings.owner_hosts,
+        addresses=tuple(sorted(str(a) for a in netif.lan_addresses())),
+    )
+    pairing = Pairing(
+        store,
+        clock,
+        pending_ttl_s=settings.pending_ttl_s,
+        pairing_ttl_s=settings.pairing_ttl_s,
+    )
+    app = create_app(
+        Services(store=store, pairing=pairing, clock=clock, site=site, owner_addresses=addresses)
+    )
+    app.cleanup_ctx.append(_store_lifecycle(store, site))
+    app.cleanup_ctx.append(_address_watch(settings, paths, site, addresses, certificate))
+
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_format=ACCESS_LOG_FORMAT,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()
+    try:
+        for sock in sockets:
+            await web.SockSite(
+                runner, sock, ssl_context=certificate[1] if certificate else None
+            ).start()
+        ready = _ready(settings, site, paths, sockets)
+        await asyncio.to_thread(_write_runtime_file, paths, site, sockets)
+        log.info("lanpair %s serving %s on port %d", site.version, site.scheme.upper(), port)
+        if on_ready is not None:
+            on_ready(ready)
+        await _wait_for_stop(stop)
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(paths.runtime_file.unlink)
+        log.info("stopped")
+
+
+async def _set_up_tls(
+    settings: Settings, paths: Paths, advertise_ip: str
+) -> tuple[tls.CertInfo, ssl.SSLContext] | None:
+    if not settings.tls:
+        log.warning("TLS is off (--no-tls): serving plain HTTP; anyone on the LAN can read traffic")
+        return None
+    try:
+        info = await asyncio.to_thread(_ensure_cert, settings, paths)
+        context = await asyncio.to_thread(tls.server_context, info)
+    except CertificateError as exc:
+        log.error("TLS COULD NOT BE SET UP (%s): SERVING PLAIN HTTP", exc)
+        return None
+    log.info("TLS certificate fingerprint (SHA-256 of the public key): %s", info.fingerprint)
+    return info, context
+
+
+def _ensure_cert(settings: Settings, paths: Paths) -> tls.CertInfo:
+    return tls.ensure_certificate(
+        paths.tls_key, paths.tls_cert, hostname=settings.hostname, addresses=netif.lan_addresses()
+    )
+
+
+def _advertise_ip() -> str:
+    ip = netif.default_route_ip()
+    if ip is None:
+        log.warning("found no LAN address for the QR code; using 127.0.0.1 (set --advertise-ip)")
+        return "127.0.0.1"
+    return ip
+
+
+def _bind(settings: Settings) -> list[socket.socket]:
+    """Bind the listening sockets first, so the real port is known before anything starts."""
+    try:
+        if not settings.host:
+            if socket.has_dualstack_ipv6():
+                return [
+                    socket.create_server(
+                        ("::", settings.port),
+                        family=socket.AF_INET6,
+                        dualstack_ipv6=True,
+                        backlog=1024,
+                    )
+                ]
+            return [socket.create_server(("0.0.0.0", settings.port), backlog=1024)]
+        sockets: list[socket.socket] = []
+        port = settings.port
+        for host in settings.host:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family, backlog=1024)
+            port = sock.getsockname()[1]
+            sockets.append(sock)
+        return sockets
+    except OSError as exc:
+        raise ConfigError(f"Cannot listen on port {settings.port}: {exc.strerror}.") from exc
+
+
+def _store_lifecycle(
+    store: Store, site: Site
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with store:
+            site.device_id = await store.meta("device_id", lambda: "pc_" + secrets.token_hex(6))
+            yield
+
+    return lifecycle
+
+
+def _address_watch(
+    settings: Settings,
+    paths: Paths,
+    site: Site,
+    addresses: netif.LocalAddressSet,
+    certificate: tuple[tls.CertInfo, ssl.SSLContext] | None,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """Re-read the addresses every few seconds; follow the QR IP and re-issue the certificate."""
+
+    async def check() -> None:
+        if not await asyncio.to_thread(addresses.refresh):
+            return
+        site.addresses = tuple(sorted(str(a) for a in await asyncio.to_thread(netif.lan_addresses)))
+        log.info("network addresses changed: %s", ", ".join(site.addresses) or "none")
+        if not settings.advertise_ip:
+            site.ip = await asyncio.to_thread(_advertise_ip)
+        if certificate is not None:
+            info = await asyncio.to_thread(_ensure_cert, settings, paths)
+            await asyncio.to_thread(certificate[1].load_cert_chain, info.cert_path, info.key_path)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(ADDRESS_CHECK_S)
+            try:
+                await check()
+            except Exception:
+                log.exception("checking the network addresses failed")
+
+    @contextlib.asynccontextmanager
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with background(loop(), name="address-watch"):
+            yield
+
+    return lifecycle
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
+    """Run ``coro`` as a named task for the duration of the block; log how it ends."""
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_log_task_end)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _log_task_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+
+async def _wait_for_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        await stop.wait()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _ready(settings: Settings, site: Site, paths: Paths, sockets: list[socket.socket]) -> Ready:
+    host = _local_host(sockets)
+    pairing_urls = [site.url("/pairing", host)]
+    if site.ip != host:
+        pairing_urls.append(site.url("/pairing", site.ip))
+    pairing_urls.append(site.url("/pairing", site.local_name))
+    return Ready(
+        listen_url=site.url("", host),
+        pairing_urls=tuple(pairing_urls),
+        fingerprint=site.fingerprint,
+        data_dir=str(settings.data_dir),
+    )
+
+
+def _local_host(sockets: list[socket.socket]) -> str:
+    """Return an address of this daemon that a local client can connect to."""
+    host = str(sockets[0].getsockname()[0])
+    if host in {"::", "0.0.0.0"}:
+        return "127.0.0.1"
+    return host
+
+
+def _write_runtime_file(paths: Paths, site: Site, sockets: list[socket.socket]) -> None:
+    data = {
+        "pid": os.getpid(),
+        "url": site.url("", _local_host(sockets)),
+        "fingerprint": site.fingerprint,
+        "device_id": site.device_id,
+    }
+    temp = paths.runtime_file.with_suffix(".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(data, file)
+    temp.replace(paths.runtime_file)

@@ -1,0 +1,161 @@
+"""Every error lanpair raises on purpose; each docstring is the sentence a person reads.
+
+    LanpairError
+     ├── ConfigError                  a setting has a value that cannot be used
+     ├── CertificateError             the TLS key or certificate cannot be made or read
+     ├── StoreError                   the state database cannot be opened or migrated
+     ├── DaemonNotRunning             a command needs the daemon and none answers
+     ├── RemoteError                  the daemon answered a client with an error
+     ├── PinMismatch                  the server's key is not the pinned one
+     ├── BadRequest                   a request is malformed
+     │    └── BodyTooLarge            a request body is over its limit
+     ├── NotPaired                    no valid device token (missing, unknown, expired, revoked)
+     ├── NotOwner                     an owner-only action from somewhere else
+     ├── NotFound                     no such thing
+     └── PairingError                 a pairing code cannot be used
+          ├── UnknownCode             the code was never issued
+          ├── CodeExpired             the code is past its lifetime
+          ├── CodeUsed                the code was already used
+          └── TooManyAttempts         too many failed confirms from one address
+
+These know nothing of HTTP: ``server/middleware.py`` maps them to statuses and
+``cli.py`` to exit codes.
+"""
+
+from __future__ import annotations
+
+
+class LanpairError(Exception):
+    """Something went wrong in lanpair."""
+
+    code = "error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.user_message())
+
+    @classmethod
+    def user_message(cls) -> str:
+        """Return the class's user-facing sentence (its docstring)."""
+        return " ".join((cls.__doc__ or cls.__name__).split())
+
+    @property
+    def message(self) -> str:
+        """Return the sentence this error carries."""
+        return str(self)
+
+
+class ConfigError(LanpairError):
+    """A setting has a value lanpair cannot use."""
+
+    code = "config"
+
+
+class CertificateError(LanpairError):
+    """The TLS key or certificate could not be made or read."""
+
+    code = "certificate"
+
+
+class StoreError(LanpairError):
+    """The state database could not be opened or updated."""
+
+    code = "store"
+
+
+class DaemonNotRunning(LanpairError):
+    """No lanpair daemon is running for this data directory; start it with `lanpair serve`."""
+
+    code = "daemon_not_running"
+
+
+class RemoteError(LanpairError):
+    """The lanpair daemon refused the request."""
+
+    code = "remote"
+
+    def __init__(self, message: str | None = None, *, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.remote_code = code
+
+
+class PinMismatch(LanpairError):
+    """The server presented another key than the one pinned at pairing; refusing to talk to it."""
+
+    code = "pin_mismatch"
+
+
+class BadRequest(LanpairError):
+    """The request is malformed."""
+
+    code = "bad_request"
+
+
+class BodyTooLarge(BadRequest):
+    """The request body is larger than this endpoint accepts."""
+
+    code = "too_large"
+
+
+class UnsupportedMediaType(BadRequest):
+    """This endpoint takes a JSON body (Content-Type: application/json)."""
+
+    code = "unsupported_media_type"
+
+
+class NotPaired(LanpairError):
+    """This device is not paired (or its pairing expired or was revoked): scan a new QR code."""
+
+    code = "not_paired"
+
+
+class NotOwner(LanpairError):
+    """Only the PC running lanpair may do this."""
+
+    code = "forbidden"
+
+
+class CrossOrigin(NotOwner):
+    """The request came from another site's page and was refused."""
+
+    code = "cross_origin"
+
+
+class NotFound(LanpairError):
+    """There is nothing here."""
+
+    code = "not_found"
+
+
+class PairingError(LanpairError):
+    """This pairing code cannot be used; ask the PC for a new QR code."""
+
+    code = "pairing"
+
+
+class UnknownCode(PairingError):
+    """This pairing code is not valid; ask the PC for a new QR code."""
+
+    code = "invalid_code"
+
+
+class CodeExpired(PairingError):
+    """This pairing code has expired; ask the PC for a new QR code."""
+
+    code = "code_expired"
+
+
+class CodeUsed(PairingError):
+    """This pairing code was already used; ask the PC for a new QR code."""
+
+    code = "code_used"
+
+
+class TooManyAttempts(PairingError):
+    """Too many failed pairing attempts from this address; wait a minute and try again."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: float = 60.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

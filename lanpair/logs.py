@@ -1,0 +1,40 @@
+"""Logging set-up, with every device token redacted from every line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+# A token is 24 random bytes in URL-safe base64: exactly 32 characters of that alphabet.
+TOKEN_RE = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32}(?![A-Za-z0-9_-])")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """Replace anything shaped like a token with a marker."""
+    return TOKEN_RE.sub(REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """Rewrite each record so no token reaches a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Render the message once, redacted."""
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    """Send plain log lines to stderr at ``level``, tokens redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactTokens())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,54 @@
+"""Every on-disk location lanpair uses, in one registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+WEB_DIR_NAME = "web"
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """The files and folders under one data directory."""
+
+    data_dir: Path
+
+    @property
+    def database(self) -> Path:
+        """Return the SQLite state database."""
+        return self.data_dir / "lanpair.db"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Return the folder holding the TLS key and certificate."""
+        return self.data_dir / "tls"
+
+    @property
+    def tls_key(self) -> Path:
+        """Return the private key, made once and kept (mode 0600)."""
+        return self.tls_dir / "key.pem"
+
+    @property
+    def tls_cert(self) -> Path:
+        """Return the current self-signed certificate."""
+        return self.tls_dir / "cert.pem"
+
+    @property
+    def runtime_file(self) -> Path:
+        """Return the file a running daemon writes so local commands can reach it."""
+        return self.data_dir / "daemon.json"
+
+    def ensure(self) -> None:
+        """Create the data directory (private to the user). Blocking."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+
+
+def web_dir() -> Path:
+    """Return the folder of static pages: inside the installed package, or the checkout's."""
+    package = Path(__file__).resolve().parent
+    installed = package / WEB_DIR_NAME
+    if installed.is_dir():
+        return installed
+    return package.parent / WEB_DIR_NAME

@@ -1,0 +1,305 @@
+"""Who is calling, what they may do, what every response carries, and how errors look.
+
+Errors: every ``/api/*`` failure is ``{"error": code, "message": sentence}`` with the
+status from ERROR_STATUS; anything unexpected is logged and answered 500, never with
+a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from aiohttp import hdrs, web
+
+from lanpair import errors
+from lanpair.models import ANONYMOUS, OWNER, Caller
+from lanpair.server.keys import CALLER_KEY, SERVICES_KEY
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+
+COOKIE_NAME = "lanpair_device"
+JSON_LIMIT_BYTES = 16 * 1024
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+ERROR_STATUS: dict[type[errors.LanpairError], int] = {
+    errors.BadRequest: 400,
+    errors.UnknownCode: 401,
+    errors.CodeExpired: 401,
+    errors.NotPaired: 401,
+    errors.NotOwner: 403,
+    errors.NotFound: 404,
+    errors.CodeUsed: 409,
+    errors.BodyTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.TooManyAttempts: 429,
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "not_paired",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_attempts",
+}
+
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+class Access(StrEnum):
+    """Who may call a route."""
+
+    ANYONE = "anyone"
+    DEVICE = "device"  # a paired device or the owner
+    OWNER = "owner"
+
+
+def access(level: Access) -> Callable[[H], H]:
+    """Declare who may call a handler; a route without a declaration is refused."""
+
+    def mark(handler: H) -> H:
+        handler.lanpair_access = level  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def access_of(handler: object) -> Access | None:
+    """Return a handler's declared access level."""
+    level = getattr(handler, "lanpair_access", None)
+    return level if isinstance(level, Access) else None
+
+
+def caller(request: web.Request) -> Caller:
+    """Return who made the request (set by the auth middleware)."""
+    who: Caller = request.get(CALLER_KEY, ANONYMOUS)
+    return who
+
+
+def client_address(request: web.Request) -> str:
+    """Return the peer's address as the socket saw it (forwarding headers are never read)."""
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the JSON envelope (API) or a short page (everything else)."""
+    try:
+        return await handler(request)
+    except errors.LanpairError as exc:
+        status = _status_of(exc)
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+            return _error(request, 500, "internal", "lanpair hit an internal problem.")
+        response = _error(request, status, exc.code, exc.message)
+        if isinstance(exc, errors.TooManyAttempts):
+            response.headers[hdrs.RETRY_AFTER] = str(round(exc.retry_after_s))
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "http_error")
+        message = {
+            404: errors.NotFound.user_message(),
+            405: f"{request.method} is not allowed here.",
+            413: errors.BodyTooLarge.user_message(),
+        }.get(exc.status, exc.reason)
+        response = _error(request, exc.status, code, message)
+        if exc.status == 405 and hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(request, 500, "internal", "lanpair hit an internal problem.")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Decide who is calling and whether they may, before any body is read."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)
+    route = request.match_info.route
+    level = (
+        Access.ANYONE
+        if isinstance(route.resource, web.StaticResource)
+        else access_of(request.match_info.handler)
+    )
+    if level is None:
+        log.error("route %s declares no access level; refusing it", route.resource)
+        raise web.HTTPNotFound()
+    if level is Access.ANYONE:
+        _check_origin(request, state_changing_only=True)
+        return await handler(request)
+    who, by_cookie = await _identify(request)
+    if level is Access.OWNER and not who.owner:
+        raise errors.NotOwner()
+    if not who.known:
+        raise errors.NotPaired()
+    _check_origin(request, state_changing_only=not who.owner)
+    if (who.owner or by_cookie) and request.method not in SAFE_METHODS:
+        _require_json(request)
+    request[CALLER_KEY] = who
+    return await handler(request)
+
+
+async def _identify(request: web.Request) -> tuple[Caller, bool]:
+    """Return the caller and whether its token came from the cookie."""
+    services = request.app[SERVICES_KEY]
+    token, by_cookie = _presented_token(request)
+    if token is not None:
+        device = await services.pairing.authenticate(token, client_address(request))
+        return Caller(device=device), by_cookie
+    if is_owner_request(request):
+        return OWNER, False
+    return ANONYMOUS, False
+
+
+def _presented_token(request: web.Request) -> tuple[str | None, bool]:
+    path_token = request.match_info.get("token")
+    if path_token:
+        return path_token, False
+    authorization = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip(), False
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie:
+        return cookie, True
+    return None, False
+
+
+def is_owner_request(request: web.Request) -> bool:
+    """Return whether the request comes from this PC, under one of lanpair's own names."""
+    services = request.app[SERVICES_KEY]
+    if client_address(request) not in services.owner_addresses:
+        return False
+    return _host_is_ours(request)
+
+
+def _host_is_ours(request: web.Request) -> bool:
+    services = request.app[SERVICES_KEY]
+    host = request.headers.get(hdrs.HOST, "")
+    name = urlsplit(f"//{host}").hostname
+    if not name:
+        return False
+    name = name.lower().rstrip(".")
+    return name in services.site.own_names() or name in services.owner_addresses
+
+
+def _check_origin(request: web.Request, *, state_changing_only: bool) -> None:
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or (state_changing_only and request.method in SAFE_METHODS):
+        return
+    if origin != f"{request.scheme}://{request.headers.get(hdrs.HOST, '')}":
+        raise errors.CrossOrigin()
+
+
+def _require_json(request: web.Request) -> None:
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMediaType()
+
+
+async def read_json(request: web.Request, *, limit: int = JSON_LIMIT_BYTES) -> dict[str, Any]:
+    """Read a small JSON object body. Raises UnsupportedMediaType, BodyTooLarge, BadRequest."""
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMediaType()
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.BodyTooLarge(f"The request body is over {limit // 1024} KiB.")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(8192):
+        body += chunk
+        if len(body) > limit:
+            raise errors.BodyTooLarge(f"The request body is over {limit // 1024} KiB.")
+    if not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise errors.BadRequest("The request body must be a JSON object.")
+    return data
+
+
+def field(data: dict[str, Any], name: str, kind: type) -> Any:
+    """Return a required field of the given JSON type. Raises BadRequest."""
+    if name not in data:
+        raise errors.BadRequest(f"The field {name!r} is missing.")
+    value = data[name]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise errors.BadRequest(f"The field {name!r} must be a {kind.__name__}.")
+    return value
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """Answer with JSON that is never cached."""
+    response = web.json_response(data, status=status)
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    return response
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Put the security headers on every response, errors and static files included."""
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+
+
+def _status_of(exc: errors.LanpairError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in ERROR_STATUS:
+            return ERROR_STATUS[kind]
+    return 500
+
+
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    if request.path.startswith("/api/") or "application/json" in request.headers.get(
+        hdrs.ACCEPT, ""
+    ):
+        return json_response({"error": code, "message": message}, status=status)
+    return web.Response(
+        status=status,
+        text=_ERROR_PAGE.format(status=status, message=_escape(message)),
+        content_type="text/html",
+    )
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_ERROR_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>lanpair: {status}</title><link rel="stylesheet" href="/static/style.css"></head>
+<body><main><h1>{status}</h1><p>{message}</p></main></body></html>
+"""

@@ -1,0 +1,342 @@
+"""SQLite state: pairings, devices and the audit log, in one WAL database.
+
+Writes go through one writer thread, one transaction each; reads run on a small
+thread pool with a connection per thread. Nothing here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from lanpair.clock import from_iso, to_iso
+from lanpair.errors import StoreError
+from lanpair.models import Device, DeviceStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE pending (
+        token_hash BLOB PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        spent_at TEXT,
+        device_id TEXT
+    );
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        client_device_id TEXT NOT NULL,
+        device_name TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        status TEXT NOT NULL CHECK (status IN ('confirmed', 'revoked')),
+        confirmed_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT,
+        last_seen TEXT,
+        last_sync TEXT,
+        file_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX devices_client ON devices (client_device_id, status);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        action TEXT NOT NULL,
+        device_id TEXT,
+        client_addr TEXT,
+        detail TEXT
+    );
+    """,
+)
+
+
+class ConfirmOutcome(StrEnum):
+    """What became of an attempt to spend a pending pairing code."""
+
+    CONFIRMED = "confirmed"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    USED = "used"
+
+
+class Store:
+    """The state database: open with ``async with``; every call is loop-safe."""
+
+    def __init__(self, path: Path, *, readers: int = 4) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lanpair-db-write")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="lanpair-db-read")
+        self._local = threading.local()
+        self._write_conn: sqlite3.Connection | None = None
+        self._read_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def __aenter__(self) -> Self:
+        """Open the database and bring its schema up to date."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._open_writer)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Finish pending work and close every connection."""
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Close the database. Blocking."""
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+        if self._write_conn is not None:
+            self._write_conn.close()
+            self._write_conn = None
+
+    async def write(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``func`` in one immediate transaction on the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._run_write, func)
+
+    async def read(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``func`` on a reader thread's connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, func)
+
+    # -- pairing -----------------------------------------------------------------------
+
+    async def meta(self, key: str, default: Callable[[], str]) -> str:
+        """Return a stored value, storing ``default()`` the first time."""
+
+        def get_or_set(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row:
+                return str(row[0])
+            value = default()
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return value
+
+        return await self.write(get_or_set)
+
+    async def add_pending(self, token_hash: bytes, created: datetime, expires: datetime) -> None:
+        """Store a new pending pairing code (its hash only)."""
+        await self.write(
+            lambda c: c.execute(
+                "INSERT INTO pending (token_hash, created_at, expires_at) VALUES (?, ?, ?)",
+                (token_hash, to_iso(created), to_iso(expires)),
+            )
+        )
+
+    async def confirm(
+        self, pending_hash: bytes, now: datetime, device: Device, token_hash: bytes
+    ) -> tuple[ConfirmOutcome, list[str]]:
+        """Spend a pending code and add ``device`` in one transaction.
+
+        Returns the outcome and the ids of older pairings of the same client it replaced.
+        """
+
+        def confirm(conn: sqlite3.Connection) -> tuple[ConfirmOutcome, list[str]]:
+            row = conn.execute(
+                "SELECT expires_at, spent_at FROM pending WHERE token_hash = ?", (pending_hash,)
+            ).fetchone()
+            if row is None:
+                return ConfirmOutcome.UNKNOWN, []
+            if row["spent_at"] is not None:
+                return ConfirmOutcome.USED, []
+            expires = from_iso(row["expires_at"])
+            if expires is None or now >= expires:
+                return ConfirmOutcome.EXPIRED, []
+            conn.execute(
+                "UPDATE pending SET spent_at = ?, device_id = ? WHERE token_hash = ?",
+                (to_iso(now), device.device_id, pending_hash),
+            )
+            replaced = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT device_id FROM devices WHERE client_device_id = ? AND status = ?",
+                    (device.client_device_id, DeviceStatus.CONFIRMED.value),
+                )
+            ]
+            conn.executemany(
+                "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device_id = ?",
+                [(to_iso(now), old) for old in replaced],
+            )
+            conn.execute(
+                """INSERT INTO devices (device_id, client_device_id, device_name, token_hash,
+                   status, confirmed_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    device.device_id,
+                    device.client_device_id,
+                    device.device_name,
+                    token_hash,
+                    device.status.value,
+                    to_iso(device.confirmed_at),
+                    to_iso(device.expires_at),
+                ),
+            )
+            return ConfirmOutcome.CONFIRMED, replaced
+
+        return await self.write(confirm)
+
+    async def device_by_token(self, token_hash: bytes) -> tuple[Device, bytes] | None:
+        """Return the device holding a token hash, with the stored hash."""
+
+        def find(conn: sqlite3.Connection) -> tuple[Device, bytes] | None:
+            row = conn.execute(
+                "SELECT * FROM devices WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            return (_device(row), bytes(row["token_hash"])) if row else None
+
+        return await self.read(find)
+
+    async def device(self, device_id: str) -> Device | None:
+        """Return one device by id."""
+        rows = await self.read(
+            lambda c: c.execute(
+                "SELECT * FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchall()
+        )
+        return _device(rows[0]) if rows else None
+
+    async def devices(self) -> list[Device]:
+        """Return every device ever paired, newest first."""
+        rows = await self.read(
+            lambda c: c.execute("SELECT * FROM devices ORDER BY confirmed_at DESC").fetchall()
+        )
+        return [_device(row) for row in rows]
+
+    async def revoke(self, device_id: str, now: datetime) -> Device | None:
+        """Mark a device revoked; return it as it now stands (None if unknown)."""
+
+        def revoke(conn: sqlite3.Connection) -> Device | None:
+            conn.execute(
+                """UPDATE devices SET status = 'revoked', revoked_at = ?
+                   WHERE device_id = ? AND status = 'confirmed'""",
+                (to_iso(now), device_id),
+            )
+            row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            return _device(row) if row else None
+
+        return await self.write(revoke)
+
+    async def touch(self, device_id: str, now: datetime) -> None:
+        """Record that a device was just seen."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE devices SET last_seen = ? WHERE device_id = ?", (to_iso(now), device_id)
+            )
+        )
+
+    async def purge_pending(self, before: datetime) -> int:
+        """Delete pending codes that expired before ``before``; return how many."""
+        cursor = await self.write(
+            lambda c: c.execute("DELETE FROM pending WHERE expires_at < ?", (to_iso(before),))
+        )
+        return int(cursor.rowcount)
+
+    async def audit(
+        self,
+        action: str,
+        now: datetime,
+        *,
+        device_id: str | None = None,
+        client_addr: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Append one line to the audit log."""
+        await self.write(
+            lambda c: c.execute(
+                """INSERT INTO audit (time, action, device_id, client_addr, detail)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (to_iso(now), action, device_id, client_addr, detail),
+            )
+        )
+
+    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Return the newest audit lines."""
+        rows = await self.read(
+            lambda c: c.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        )
+        return [dict(row) for row in rows]
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _open_writer(self) -> None:
+        try:
+            conn = self._connect()
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(conn, MIGRATIONS)
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the state database {self.path}: {exc}") from exc
+        self._write_conn = conn
+
+    def _run_write(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._write_conn
+        if conn is None:
+            raise StoreError("The state database is not open.")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = func(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _run_read(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._read_conns.append(conn)
+        return func(conn)
+
+
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        log.info("migrating the state database to schema %d", number)
+        conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+def _device(row: sqlite3.Row) -> Device:
+    confirmed, expires = from_iso(row["confirmed_at"]), from_iso(row["expires_at"])
+    if confirmed is None or expires is None:
+        raise StoreError(f"Device {row['device_id']} has no pairing times.")
+    return Device(
+        device_id=row["device_id"],
+        device_name=row["device_name"],
+        client_device_id=row["client_device_id"],
+        status=DeviceStatus(row["status"]),
+        confirmed_at=confirmed,
+        expires_at=expires,
+        revoked_at=from_iso(row["revoked_at"]),
+        last_seen=from_iso(row["last_seen"]),
+        last_sync=from_iso(row["last_sync"]),
+        file_count=int(row["file_count"]),
+    )
