@@ -98,7 +98,9 @@ class ApiClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._pin = SpkiPin(fingerprint) if fingerprint else None
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._local_addr = local_addr
         self._session: aiohttp.ClientSession | None = None
 
@@ -133,8 +135,11 @@ class ApiClient:
                 json=body if body is not None or method != "GET" else None,
                 ssl=self._pin if self._pin else True,
             ) as response:
-                data = await response.json(content_type=None)
-                if response.status >= 400:
+                try:
+                    data = await response.json(content_type=None)
+                except ValueError:
+                    data = None
+                if response.status >= 400 or data is None:
                     error = data if isinstance(data, dict) else {}
                     raise RemoteError(
                         str(error.get("message") or f"HTTP {response.status}"),

@@ -11,7 +11,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,13 @@ async def serve(
     """Start every part in order, serve until ``stop`` is set (or a signal), stop in reverse."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
+    with _stop_on_signals(stop):
+        await _serve(settings, on_ready, clock, stop)
+
+
+async def _serve(
+    settings: Settings, on_ready: Callable[[Ready], None] | None, clock: Clock, stop: asyncio.Event
+) -> None:
     paths = Paths(settings.data_dir)
     await asyncio.to_thread(paths.ensure)
     addresses = netif.LocalAddressSet()
@@ -108,7 +115,7 @@ async def serve(
         log.info("lanpair %s serving %s on port %d", site.version, site.scheme.upper(), port)
         if on_ready is not None:
             on_ready(ready)
-        await _wait_for_stop(stop)
+        await stop.wait()
         log.info("stopping")
     finally:
         await runner.cleanup()
@@ -239,7 +246,9 @@ def _log_task_end(task: asyncio.Task[None]) -> None:
         log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
-async def _wait_for_stop(stop: asyncio.Event) -> None:
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM, from the very start, so no signal is lost."""
     loop = asyncio.get_running_loop()
     installed = []
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -247,7 +256,7 @@ async def _wait_for_stop(stop: asyncio.Event) -> None:
             loop.add_signal_handler(signum, stop.set)
             installed.append(signum)
     try:
-        await stop.wait()
+        yield
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)

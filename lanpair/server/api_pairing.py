@@ -103,7 +103,7 @@ async def devices(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/pairing/revoke/{target}")
-@access(Access.DEVICE)
+@access(Access.SELF)
 async def revoke(request: web.Request) -> web.Response:
     """Revoke a pairing by device id or token (the owner any, a device only itself)."""
     services = request.app[SERVICES_KEY]

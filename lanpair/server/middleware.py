@@ -74,6 +74,7 @@ class Access(StrEnum):
 
     ANYONE = "anyone"
     DEVICE = "device"  # a paired device or the owner
+    SELF = "self"  # the owner, or a device acting on itself (anyone else: 403)
     OWNER = "owner"
 
 
@@ -156,7 +157,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         _check_origin(request, state_changing_only=True)
         return await handler(request)
     who, by_cookie = await _identify(request)
-    if level is Access.OWNER and not who.owner:
+    if (level is Access.OWNER and not who.owner) or (level is Access.SELF and not who.known):
         raise errors.NotOwner()
     if not who.known:
         raise errors.NotPaired()

@@ -1,0 +1,148 @@
+"""Fixtures: a real daemon app on a real TLS socket, with a clock and owner check to steer."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Callable, Container
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from lanpair import tls
+from lanpair.client import SpkiPin
+from lanpair.clock import ManualClock
+from lanpair.netif import LocalAddressSet
+from lanpair.pairing import Pairing
+from lanpair.paths import Paths
+from lanpair.server import Services, Site, create_app
+from lanpair.store import Store
+
+PENDING_TTL_S = 15 * 60
+PAIRING_TTL_S = 30 * 86400
+
+
+@dataclass
+class Daemon:
+    """An app served over real TLS on 127.0.0.1, with its collaborators."""
+
+    url: str
+    port: int
+    fingerprint: str
+    clock: ManualClock
+    store: Store
+    site: Site
+
+    def session(
+        self,
+        *,
+        source: str | None = None,
+        headers: dict[str, str] | None = None,
+        pin: str | None = None,
+    ) -> aiohttp.ClientSession:
+        """Return a client session pinned to this daemon's key, optionally from ``source``."""
+        connector = aiohttp.TCPConnector(
+            ssl=SpkiPin(pin or self.fingerprint),
+            local_addr=(source, 0) if source else None,
+        )
+        return aiohttp.ClientSession(
+            self.url,
+            connector=connector,
+            headers=headers,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        )
+
+
+DaemonFactory = Callable[..., "AsyncIterator[Daemon]"]
+
+
+@pytest.fixture
+def cert_info(tmp_path_factory: pytest.TempPathFactory) -> tls.CertInfo:
+    """Return a certificate made for this test session's daemon."""
+    folder = tmp_path_factory.mktemp("tls")
+    return tls.ensure_certificate(
+        folder / "key.pem",
+        folder / "cert.pem",
+        hostname="testhost",
+        addresses=[ipaddress.ip_address("127.0.0.1")],
+    )
+
+
+@pytest.fixture
+async def make_daemon(
+    tmp_path: Path, cert_info: tls.CertInfo
+) -> AsyncIterator[Callable[..., object]]:
+    """Yield a factory that serves the app; ``owner_addresses`` steers the owner check."""
+    runners: list[web.AppRunner] = []
+    stores: list[Store] = []
+
+    async def start(owner_addresses: Container[str] | None = None) -> Daemon:
+        clock = ManualClock()
+        paths = Paths(tmp_path / f"data{len(stores)}")
+        paths.ensure()
+        store = Store(paths.database)
+        await store.__aenter__()
+        stores.append(store)
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        site = Site(
+            name="Test PC",
+            device_id="pc_test",
+            hostname="testhost",
+            port=port,
+            scheme="https",
+            ip="127.0.0.1",
+            fingerprint=cert_info.fingerprint,
+        )
+        pairing = Pairing(store, clock, pending_ttl_s=PENDING_TTL_S, pairing_ttl_s=PAIRING_TTL_S)
+        services = Services(
+            store=store,
+            pairing=pairing,
+            clock=clock,
+            site=site,
+            owner_addresses=owner_addresses if owner_addresses is not None else LocalAddressSet(),
+        )
+        runner = web.AppRunner(create_app(services))
+        await runner.setup()
+        runners.append(runner)
+        await web.SockSite(runner, sock, ssl_context=tls.server_context(cert_info)).start()
+        return Daemon(
+            url=f"https://127.0.0.1:{port}",
+            port=port,
+            fingerprint=cert_info.fingerprint,
+            clock=clock,
+            store=store,
+            site=site,
+        )
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+    for store in stores:
+        await store.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def daemon(make_daemon: Callable[..., object]) -> Daemon:
+    """Return a daemon whose owner is anything on loopback."""
+    return await make_daemon()  # type: ignore[no-any-return, operator]
+
+
+@pytest.fixture
+async def lan_daemon(make_daemon: Callable[..., object]) -> Daemon:
+    """Return a daemon whose owner is 127.0.0.1 only, so 127.0.0.2 is a LAN peer."""
+    return await make_daemon(owner_addresses={"127.0.0.1"})  # type: ignore[no-any-return, operator]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true a skipped test fails the run: CI installs everything the tests need."""
+    from support import running_in_ci
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if running_in_ci() and skipped and exitstatus == 0:
+        reporter.write_line(f"CI=true: {len(skipped)} skipped test(s) count as failures")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,293 @@
+"""The real daemon as a subprocess: start, serve, survive a restart, stop on a signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+STOP_WITHIN_S = 5.0
+START_WITHIN_S = 20.0
+
+
+@dataclass
+class Running:
+    """A daemon subprocess and what it printed."""
+
+    process: subprocess.Popen[str]
+    url: str
+    stdout: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Return the fingerprint the daemon printed (None over plain HTTP)."""
+        lines = [line for line in self.stdout if "fingerprint" in line]
+        return lines[0].rsplit(" ", 1)[1] if lines else None
+
+
+def lanpair(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run one lanpair command on ``data_dir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "lanpair", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        check=False,
+    )
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LANPAIR_CONFIG", None)
+    env["XDG_CONFIG_HOME"] = "/nonexistent-lanpair-test-config"
+    return env
+
+
+@contextmanager
+def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[Running]:
+    """Run ``lanpair serve`` until the block ends, then stop it with SIGTERM."""
+    command = [
+        sys.executable,
+        "-m",
+        "lanpair",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-mdns",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "debug",
+        *extra,
+    ]
+    with log.open("a") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env()
+        )
+    try:
+        running = _wait_listening(process)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_WITHIN_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+def _wait_listening(process: subprocess.Popen[str]) -> Running:
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_WITHIN_S
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"daemon exited early: {process.wait()} {lines}")
+        lines.append(line.rstrip("\n"))
+        if line.startswith("  data: "):
+            url = next(x for x in lines if x.startswith("lanpair: listening on "))
+            return Running(process, url.removeprefix("lanpair: listening on "), lines)
+    raise AssertionError(f"daemon did not say it was listening: {lines}")
+
+
+def call(
+    running: Running,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    fingerprint: str | None = None,
+) -> tuple[int, Any]:
+    """Make one pinned request in a fresh interpreter-free way (an asyncio client run)."""
+    import asyncio
+
+    from lanpair.client import ApiClient
+    from lanpair.errors import RemoteError
+
+    async def go() -> tuple[int, Any]:
+        async with ApiClient(
+            running.url, fingerprint=fingerprint or running.fingerprint, token=token
+        ) as client:
+            try:
+                return 200, await client.call(method, path, body)
+            except RemoteError as exc:
+                return exc.status, exc.remote_code
+
+    return asyncio.run(go())
+
+
+def pair(running: Running, name: str = "Phone") -> dict[str, Any]:
+    """Pair a device with the running daemon."""
+    status, code = call(running, "POST", "/api/pairing/generate", {})
+    assert status == 200
+    status, device = call(
+        running,
+        "POST",
+        "/api/pairing/confirm",
+        {
+            "pairing_token": code["pairing_token"],
+            "device_name": name,
+            "device_id": name.lower(),
+        },
+    )
+    assert status == 200
+    return {"pending": code["pairing_token"], **device}
+
+
+def test_restart_keeps_pairings_key_and_never_logs_a_token(tmp_path: Path) -> None:
+    """SIGTERM stops the daemon within 5 s with status 0; after a restart the token still works."""
+    data, log = tmp_path / "data", tmp_path / "daemon.log"
+    with serving(data, log) as first:
+        device = pair(first)
+        assert call(first, "GET", "/api/me", token=device["device_token"])[0] == 200
+        # The seed's routes put tokens in paths; such a URL must be redacted in the access log.
+        call(first, "GET", f"/explorer/{device['device_token']}", token=device["device_token"])
+        assert call(first, "GET", "/api/info")[1]["fingerprint"] == first.fingerprint
+        started = time.monotonic()
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=STOP_WITHIN_S) == 0
+        assert time.monotonic() - started < STOP_WITHIN_S
+    assert not (data / "daemon.json").exists()
+    with serving(data, log) as second:
+        assert second.fingerprint == first.fingerprint
+        status, me = call(second, "GET", "/api/me", token=device["device_token"])
+        assert (status, me["device_id"]) == (200, device["device_id"])
+    logged = log.read_text()
+    assert "GET /explorer/[redacted]" in logged
+    assert "paired 'Phone'" in logged
+    for secret in (device["pending"], device["device_token"]):
+        assert secret not in logged
+        assert secret not in "\n".join(first.stdout + second.stdout)
+
+
+def test_sigint_stops_the_daemon_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) stops the daemon with status 0 as well."""
+    with serving(tmp_path / "data", tmp_path / "log") as running:
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(timeout=STOP_WITHIN_S) == 0
+
+
+def test_state_commands_work_while_the_daemon_runs(tmp_path: Path) -> None:
+    """devices --json, qr and revoke talk to the running daemon; revoke works offline too."""
+    data = tmp_path / "data"
+    with serving(data, tmp_path / "log") as running:
+        first, second = pair(running, "Phone"), pair(running, "Tablet")
+        listed = lanpair("devices", "--json", data_dir=data)
+        assert listed.returncode == 0, listed.stderr
+        devices = json.loads(listed.stdout)
+        assert set(devices) == {first["device_id"], second["device_id"]}
+        assert devices[first["device_id"]]["device_name"] == "Phone"
+        assert devices[first["device_id"]]["status"] == "confirmed"
+        assert first["device_token"] not in listed.stdout
+
+        table = lanpair("devices", data_dir=data)
+        assert "Tablet" in table.stdout
+        assert "confirmed" in table.stdout
+
+        qr = lanpair("qr", data_dir=data)
+        assert qr.returncode == 0, qr.stderr
+        assert f"{running.url.rsplit(':', 1)[1]}/pair-confirm#t=" in qr.stdout
+
+        revoked = lanpair("revoke", first["device_id"], data_dir=data)
+        assert revoked.returncode == 0, revoked.stderr
+        assert call(running, "GET", "/api/me", token=first["device_token"])[0] == 401
+
+    offline = lanpair("revoke", second["device_id"], data_dir=data)
+    assert offline.returncode == 0, offline.stderr
+    assert "Revoked Tablet" in offline.stdout
+    after = json.loads(lanpair("devices", "--json", data_dir=data).stdout)
+    assert {d["status"] for d in after.values()} == {"revoked"}
+
+
+def test_commands_fail_clearly(tmp_path: Path) -> None:
+    """Without a daemon, qr says how to start one; unknown devices and bad settings exit 1."""
+    qr = lanpair("qr", data_dir=tmp_path)
+    assert qr.returncode == 1
+    assert "lanpair serve" in qr.stderr
+    unknown = lanpair("revoke", "dev_000000000000", data_dir=tmp_path)
+    assert unknown.returncode == 1
+    assert "No paired device" in unknown.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "lanpair", "serve", "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "--port" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_port_in_use_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    """A second daemon on a taken port exits 1 with a sentence."""
+    with serving(tmp_path / "a", tmp_path / "log") as running:
+        port = running.url.rsplit(":", 1)[1]
+        clash = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lanpair",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--no-mdns",
+                "--data-dir",
+                str(tmp_path / "b"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
+            check=False,
+        )
+    assert clash.returncode == 1
+    assert f"Cannot listen on port {port}" in clash.stderr
+    assert "Traceback" not in clash.stderr
+
+
+def test_no_tls_serves_http_and_says_so(tmp_path: Path) -> None:
+    """--no-tls serves plain HTTP and warns in the log."""
+    log = tmp_path / "log"
+    with serving(tmp_path / "data", log, "--no-tls") as running:
+        assert running.url.startswith("http://")
+        assert "plain HTTP" in "\n".join(running.stdout)
+        status, info = call(running, "GET", "/api/info")
+        assert (status, info["protocol"], info["fingerprint"]) == (200, "http", None)
+    assert "TLS is off" in log.read_text()
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_serve_help_lists_every_setting(flag: str) -> None:
+    """`lanpair serve --help` is generated from the settings table."""
+    from lanpair.config import SETTINGS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lanpair", "serve", flag],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    for setting in SETTINGS:
+        assert setting.flag in result.stdout
