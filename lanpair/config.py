@@ -24,6 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 10 * 365 * 86400
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -153,8 +154,9 @@ def load(
     """Resolve every setting from defaults, the TOML file, the environment and the CLI."""
     environ = environ or {}
     values: dict[str, Any] = {}
-    explicit = config_path is not None or ENV_PREFIX + "CONFIG" in environ
-    path = config_path or Path(environ.get(ENV_PREFIX + "CONFIG", "") or default_config_path())
+    from_env = environ.get(ENV_PREFIX + "CONFIG", "").strip()
+    explicit = config_path is not None or bool(from_env)
+    path = config_path or (Path(from_env).expanduser() if from_env else default_config_path())
     for name, raw in _read_toml(path, required=explicit).items():
         values[name] = _parse(_setting(name, f"{path}"), raw, f"{name} in {path}")
     for setting in SETTINGS:
@@ -208,14 +210,21 @@ def _parse(setting: Setting, raw: Any, where: str) -> Any:
 def _parse_str(setting: Setting, raw: Any, where: str) -> str:
     if not isinstance(raw, str):
         raise TypeError(raw)
+    if setting.name == "advertise_ip" and raw.strip():
+        _valid_address(raw.strip(), where)
+    if setting.name == "hostname" and raw.strip():
+        return _valid_hostname(raw.strip(), where)
     return raw.strip()
 
 
 @_parser("int")
 def _parse_int(setting: Setting, raw: Any, where: str) -> int:
-    if isinstance(raw, bool):
+    if isinstance(raw, bool | float):
         raise TypeError(raw)
-    return int(raw)
+    value = int(raw)
+    if setting.name == "port" and not 0 <= value <= 65535:
+        raise ConfigError(f"{where}: {value} is not a TCP port (0-65535).")
+    return value
 
 
 @_parser("bool")
@@ -241,8 +250,10 @@ def _parse_duration(setting: Setting, raw: Any, where: str) -> float:
         if not match:
             raise ValueError(raw)
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
-    if seconds <= 0:
-        raise ConfigError(f"{where}: a duration must be positive, like 90s, 15m, 12h or 30d.")
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ConfigError(
+            f"{where}: {raw!r} is not a duration between 1s and 10 years, like 15m or 30d."
+        )
     return seconds
 
 
@@ -256,7 +267,11 @@ def _parse_path(setting: Setting, raw: Any, where: str) -> Path:
 @_parser("list")
 def _parse_list(setting: Setting, raw: Any, where: str) -> tuple[str, ...]:
     items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    values = tuple(str(item).strip() for item in items if str(item).strip())
+    if setting.name == "host":
+        for host in values:
+            _valid_address(host, where)
+    return values
 
 
 @_parser("choice")
@@ -270,24 +285,16 @@ def _parse_choice(setting: Setting, raw: Any, where: str) -> str:
 def _build(values: Mapping[str, Any]) -> Settings:
     resolved = {s.attr: values.get(s.name, s.default) for s in SETTINGS}
     resolved["data_dir"] = resolved["data_dir"] or default_data_dir()
-    resolved["hostname"] = _valid_hostname(resolved["hostname"])
+    resolved["hostname"] = resolved["hostname"] or system_hostname()
     resolved["name"] = resolved["name"] or resolved["hostname"]
-    if not 0 <= resolved["port"] <= 65535:
-        raise ConfigError(f"--port: {resolved['port']} is not a TCP port (0-65535).")
-    for host in resolved["host"]:
-        _valid_address(host, "--host")
-    if resolved["advertise_ip"]:
-        _valid_address(resolved["advertise_ip"], "--advertise-ip")
     return Settings(**resolved)
 
 
-def _valid_hostname(raw: str | None) -> str:
-    if not raw:
-        return system_hostname()
+def _valid_hostname(raw: str, where: str) -> str:
     name = raw.lower().removesuffix(".local")
     if not _LABEL_RE.match(name):
         raise ConfigError(
-            f"--hostname: {raw!r} is not a valid host name (letters, digits and hyphens)."
+            f"{where}: {raw!r} is not a valid host name (letters, digits and hyphens)."
         )
     return name
 

@@ -16,23 +16,18 @@ def redact(text: str) -> str:
     return TOKEN_RE.sub(REDACTED, text)
 
 
-class RedactTokens(logging.Filter):
-    """Rewrite each record so no token reaches a log line."""
+class RedactingFormatter(logging.Formatter):
+    """Format records, then redact tokens from the whole text, tracebacks included."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Render the message once, redacted."""
-        message = record.getMessage()
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the formatted record with every token replaced."""
+        return redact(super().format(record))
 
 
 def setup_logging(level: str) -> None:
     """Send plain log lines to stderr at ``level``, tokens redacted."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(RedactTokens())
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

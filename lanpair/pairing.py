@@ -39,6 +39,7 @@ DEVICE_ID_RE = re.compile(r"^dev_[a-z0-9]{12}$")
 MAX_NAME_CHARS = 64
 MAX_CLIENT_ID_CHARS = 128
 SEEN_EVERY = timedelta(seconds=60)
+ZERO_WIDTH_JOINER = "\u200d"  # joins emoji sequences; other format characters go
 
 
 def new_token() -> str:
@@ -58,12 +59,20 @@ def new_device_id() -> str:
 
 
 def clean_name(raw: object, field: str, limit: int = MAX_NAME_CHARS) -> str:
-    """Return a display name: NFC, no control characters, trimmed; BadRequest if empty."""
+    """Return a display name: no control or direction-override characters, NFC, one-spaced.
+
+    Raises BadRequest when nothing is left or it is longer than ``limit`` characters.
+    """
     if not isinstance(raw, str):
         raise BadRequest(f"{field} must be a string.")
-    text = unicodedata.normalize("NFC", raw)
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
-    text = " ".join(text.split())
+    kept = []
+    for ch in raw:
+        category = unicodedata.category(ch)
+        if ch.isspace():
+            kept.append(" ")
+        elif ch == ZERO_WIDTH_JOINER or category[0] != "C":
+            kept.append(ch)
+    text = " ".join(unicodedata.normalize("NFC", "".join(kept)).split())
     if not text:
         raise BadRequest(f"{field} must not be empty.")
     if len(text) > limit:

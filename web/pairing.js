@@ -23,9 +23,10 @@ function stopCountdown() {
   countdownTimer = null;
 }
 
-function startCountdown(expiresAt) {
+function startCountdown(expiresInSeconds) {
   stopCountdown();
-  const deadline = new Date(expiresAt).getTime();
+  // Count from the server's "seconds left", not its clock: the two clocks may disagree.
+  const deadline = Date.now() + expiresInSeconds * 1000;
   const tick = () => {
     const left = deadline - Date.now();
     if (Number.isNaN(deadline) || left <= 0) {
@@ -51,7 +52,7 @@ function showCode(data) {
   $('code-loading').hidden = true;
   $('code-body').hidden = false;
   $('copy').hidden = false;
-  startCountdown(data.expires_at);
+  startCountdown(data.expires_in_s);
 }
 
 async function generate() {

@@ -52,6 +52,7 @@ async def generate(request: web.Request) -> web.Response:
             "name": site.name,
             "fingerprint": site.fingerprint,
             "expires_at": to_iso(pending.expires_at),
+            "expires_in_s": round((pending.expires_at - services.clock.now()).total_seconds()),
             "url": url,
             "qr_svg": images.svg,
             "qr_png": images.png_data_url,

@@ -301,6 +301,7 @@ def _escape(text: str) -> str:
 _ERROR_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>lanpair: {status}</title><link rel="stylesheet" href="/static/style.css"></head>
+<title>lanpair: {status}</title><link rel="icon" href="/static/favicon.svg">
+<link rel="stylesheet" href="/static/style.css"></head>
 <body><main><h1>{status}</h1><p>{message}</p></main></body></html>
 """
