@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -69,7 +70,7 @@ async def _serve(
     await asyncio.to_thread(paths.ensure)
     addresses = netif.LocalAddressSet()
     await asyncio.to_thread(addresses.refresh)
-    advertise_ip = settings.advertise_ip or await asyncio.to_thread(_advertise_ip)
+    advertise_ip = settings.advertise_ip or await asyncio.to_thread(_advertise_ip, settings)
     certificate = await _set_up_tls(settings, paths, advertise_ip)
     sockets = await asyncio.to_thread(_bind, settings)
     port = sockets[0].getsockname()[1]
@@ -146,7 +147,14 @@ def _ensure_cert(settings: Settings, paths: Paths) -> tls.CertInfo:
     )
 
 
-def _advertise_ip() -> str:
+def _advertise_ip(settings: Settings) -> str:
+    """Pick the address for the QR code: one the daemon listens on, a phone can reach."""
+    specific = [h for h in settings.host if h not in {"0.0.0.0", "::"}]
+    if specific:
+        reachable = [h for h in specific if not ipaddress.ip_address(h).is_loopback]
+        if not reachable:
+            log.warning("listening on loopback only: phones on the LAN cannot reach this daemon")
+        return (reachable or specific)[0]
     ip = netif.default_route_ip()
     if ip is None:
         log.warning("found no LAN address for the QR code; using 127.0.0.1 (set --advertise-ip)")
@@ -207,7 +215,7 @@ def _address_watch(
         site.addresses = tuple(sorted(str(a) for a in await asyncio.to_thread(netif.lan_addresses)))
         log.info("network addresses changed: %s", ", ".join(site.addresses) or "none")
         if not settings.advertise_ip:
-            site.ip = await asyncio.to_thread(_advertise_ip)
+            site.ip = await asyncio.to_thread(_advertise_ip, settings)
         if certificate is not None:
             info = await asyncio.to_thread(_ensure_cert, settings, paths)
             await asyncio.to_thread(certificate[1].load_cert_chain, info.cert_path, info.key_path)

@@ -137,6 +137,7 @@ def pair(running: Running, name: str = "Phone") -> dict[str, Any]:
     """Pair a device with the running daemon."""
     status, code = call(running, "POST", "/api/pairing/generate", {})
     assert status == 200
+    assert code["ip"] == "127.0.0.1"  # the QR points where the daemon listens
     status, device = call(
         running,
         "POST",
@@ -170,6 +171,7 @@ def test_restart_keeps_pairings_key_and_never_logs_a_token(tmp_path: Path) -> No
         status, me = call(second, "GET", "/api/me", token=device["device_token"])
         assert (status, me["device_id"]) == (200, device["device_id"])
     logged = log.read_text()
+    assert "listening on loopback only" in logged
     assert "GET /explorer/[redacted]" in logged
     assert "paired 'Phone'" in logged
     for secret in (device["pending"], device["device_token"]):
