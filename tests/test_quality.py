@@ -15,8 +15,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        [sys.executable, "-m", "ruff", "check", "lanpair", "tests", "bench"],
-        [sys.executable, "-m", "ruff", "format", "--check", "lanpair", "tests", "bench"],
+        [sys.executable, "-m", "ruff", "check", "."],
+        [sys.executable, "-m", "ruff", "format", "--check", "."],
         [sys.executable, "-m", "mypy"],
         [str(BIN / "lint-imports")],
     ],
