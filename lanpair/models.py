@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+from lanpair import __version__
 
 
 class DeviceStatus(StrEnum):
@@ -68,3 +70,46 @@ class Caller:
 
 ANONYMOUS = Caller()
 OWNER = Caller(owner=True)
+
+
+@dataclass(slots=True)
+class Site:
+    """What this daemon is and where phones reach it; the daemon keeps it current."""
+
+    name: str
+    device_id: str
+    hostname: str
+    port: int
+    scheme: str
+    ip: str
+    fingerprint: str | None
+    extra_names: tuple[str, ...] = ()
+    version: str = __version__
+    addresses: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def local_name(self) -> str:
+        """Return ``<hostname>.local``."""
+        return f"{self.hostname}.local"
+
+    def own_names(self) -> frozenset[str]:
+        """Return the Host names under which this PC's browser talks to lanpair."""
+        return frozenset(
+            {
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                self.local_name,
+                self.hostname,
+                self.ip,
+                *self.addresses,
+                *(n.lower() for n in self.extra_names),
+            }
+        )
+
+    def url(self, path: str = "/", host: str | None = None) -> str:
+        """Return an absolute URL on this daemon."""
+        host = host or self.ip
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}{path}"

@@ -157,10 +157,12 @@ class Pairing:
         """Raise TooManyAttempts while ``client_addr`` has failed too often."""
         self._limiter.check(client_addr)
 
-    async def generate(self, client_addr: str | None = None) -> PendingPairing:
-        """Issue a one-time pairing code."""
+    async def generate(
+        self, client_addr: str | None = None, *, token: str | None = None
+    ) -> PendingPairing:
+        """Issue a one-time pairing code (``token``: one drawn ahead of time by new_token)."""
         now = self._clock.now()
-        token = new_token()
+        token = token or new_token()
         await self._store.add_pending(hash_token(token), now, now + self._pending_ttl)
         await self._store.audit("generate", now, client_addr=client_addr)
         await self._store.purge_pending(now - timedelta(days=1))

@@ -438,3 +438,18 @@ async def test_pages_are_served_to_the_right_people(lan_daemon: Daemon) -> None:
             assert response.headers["Location"] == "/pair-confirm"
         async with peer.get("/pair-confirm") as response:
             assert "/static/pair-confirm.js" in await response.text()
+
+
+async def test_codes_drawn_ahead_follow_a_changed_address(daemon: Daemon) -> None:
+    """A code drawn before the PC's address changed is redrawn with the new address."""
+    async with daemon.session() as owner:
+        first = await generate(owner)
+        daemon.site.ip = "127.0.0.9"
+        second = await generate(owner)
+        third = await generate(owner)
+    assert "//127.0.0.1:" in first["url"]
+    for code in (second, third):
+        assert code["url"].startswith(f"https://127.0.0.9:{daemon.port}/pair-confirm#t=")
+        assert code["ip"] == "127.0.0.9"
+    tokens = {c["pairing_token"] for c in (first, second, third)}
+    assert len(tokens) == 3

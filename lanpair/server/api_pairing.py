@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 
-from lanpair import qr
 from lanpair.clock import to_iso
 from lanpair.models import Device, DeviceStatus
-from lanpair.server.keys import SERVICES_KEY
+from lanpair.server.keys import MINT_KEY, SERVICES_KEY
 from lanpair.server.middleware import (
     COOKIE_NAME,
     Access,
@@ -32,30 +29,24 @@ async def generate(request: web.Request) -> web.Response:
     """Issue a pairing code and its QR code."""
     services = request.app[SERVICES_KEY]
     await read_json(request)
-    pending = await services.pairing.generate(client_address(request))
+    code = await request.app[MINT_KEY].issue(client_address(request))
     site = services.site
-    fragment = {"t": pending.token, "h": site.local_name}
-    if site.fingerprint:
-        fragment["fp"] = site.fingerprint
-    fragment["id"] = site.device_id
-    url = site.url("/pair-confirm") + "#" + urlencode(fragment)
-    images = await asyncio.to_thread(qr.render, url)
     return json_response(
         {
             "type": "device_pairing",
             "device_id": site.device_id,
-            "pairing_token": pending.token,
+            "pairing_token": code.pending.token,
             "ip": site.ip,
             "port": site.port,
             "protocol": site.scheme,
             "hostname": site.local_name,
             "name": site.name,
             "fingerprint": site.fingerprint,
-            "expires_at": to_iso(pending.expires_at),
-            "expires_in_s": round((pending.expires_at - services.clock.now()).total_seconds()),
-            "url": url,
-            "qr_svg": images.svg,
-            "qr_png": images.png_data_url,
+            "expires_at": to_iso(code.pending.expires_at),
+            "expires_in_s": round((code.pending.expires_at - services.clock.now()).total_seconds()),
+            "url": code.url,
+            "qr_svg": code.images.svg,
+            "qr_png": code.images.png_data_url,
         }
     )
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from lanpair import __version__
 from lanpair.clock import Clock
+from lanpair.models import Site
 from lanpair.pairing import Pairing
 from lanpair.paths import web_dir
 from lanpair.server import api_pairing, pages
-from lanpair.server.keys import SERVICES_KEY
+from lanpair.server.codes import CodeMint
+from lanpair.server.keys import MINT_KEY, SERVICES_KEY
 from lanpair.server.middleware import (
     access_of,
     auth_middleware,
@@ -20,49 +21,6 @@ from lanpair.server.middleware import (
     security_headers,
 )
 from lanpair.store import Store
-
-
-@dataclass(slots=True)
-class Site:
-    """What this daemon is and where phones reach it; the daemon keeps it current."""
-
-    name: str
-    device_id: str
-    hostname: str
-    port: int
-    scheme: str
-    ip: str
-    fingerprint: str | None
-    extra_names: tuple[str, ...] = ()
-    version: str = __version__
-    addresses: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def local_name(self) -> str:
-        """Return ``<hostname>.local``."""
-        return f"{self.hostname}.local"
-
-    def own_names(self) -> frozenset[str]:
-        """Return the Host names under which this PC's browser talks to lanpair."""
-        return frozenset(
-            {
-                "localhost",
-                "127.0.0.1",
-                "::1",
-                self.local_name,
-                self.hostname,
-                self.ip,
-                *self.addresses,
-                *(n.lower() for n in self.extra_names),
-            }
-        )
-
-    def url(self, path: str = "/", host: str | None = None) -> str:
-        """Return an absolute URL on this daemon."""
-        host = host or self.ip
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{self.scheme}://{host}:{self.port}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +38,26 @@ def create_app(services: Services) -> web.Application:
     """Build the web application around ``services``."""
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SERVICES_KEY] = services
+    app[MINT_KEY] = CodeMint(services.pairing, services.site)
+    # on_startup runs after every cleanup_ctx has started, so the site is complete by then.
+    app.on_startup.append(_prepare_first_code)
+    app.on_cleanup.append(_stop_drawing_codes)
     app.on_response_prepare.append(security_headers)
     app.add_routes(api_pairing.routes)
     app.add_routes(pages.routes)
     app.router.add_static("/static/", web_dir(), name="static")
     _check_every_route_declares_access(app)
     return app
+
+
+async def _prepare_first_code(app: web.Application) -> None:
+    """Draw the first pairing code while the daemon starts."""
+    app[MINT_KEY].prepare_next()
+
+
+async def _stop_drawing_codes(app: web.Application) -> None:
+    """Stop drawing pairing codes."""
+    await app[MINT_KEY].close()
 
 
 def _check_every_route_declares_access(app: web.Application) -> None:

@@ -10,6 +10,8 @@ from lanpair.models import Caller
 
 if TYPE_CHECKING:
     from lanpair.server.app import Services
+    from lanpair.server.codes import CodeMint
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("services")
+MINT_KEY: web.AppKey[CodeMint] = web.AppKey("mint")
 CALLER_KEY: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
