@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from lanpair import __version__
 from lanpair.config import SETTINGS, Settings, load
-from lanpair.errors import DaemonNotRunning, LanpairError
+from lanpair.errors import BadRequest, DaemonNotRunning, LanpairError
 
 if TYPE_CHECKING:
     from lanpair.daemon import Ready
@@ -138,11 +138,13 @@ def _print_ready(ready: Ready) -> None:
 
 def _devices(args: argparse.Namespace, settings: Settings) -> int:
     from lanpair.clock import SystemClock, to_iso
+    from lanpair.pairing import device_record
 
     devices = asyncio.run(_read_devices(settings))
     now = SystemClock().now()
     if args.json:
-        print(json.dumps({d.device_id: _device_json(d, now) for d in devices}, indent=2))
+        records = {d.device_id: {**device_record(d, now), "synced_files": []} for d in devices}
+        print(json.dumps(records, indent=2))
         return EXIT_OK
     if not devices:
         print("No paired devices. Run `lanpair qr` or open the pairing page to pair one.")
@@ -165,21 +167,6 @@ def _devices(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _device_json(device: Device, now: Any) -> dict[str, Any]:
-    from lanpair.clock import to_iso
-
-    return {
-        "device_id": device.device_id,
-        "device_name": device.device_name,
-        "status": device.status_at(now).value,
-        "confirmed_at": to_iso(device.confirmed_at),
-        "expires_at": to_iso(device.expires_at),
-        "last_seen": to_iso(device.last_seen),
-        "last_sync": to_iso(device.last_sync),
-        "file_count": device.file_count,
-    }
-
-
 async def _read_devices(settings: Settings) -> list[Device]:
     from lanpair.paths import Paths
     from lanpair.store import Store
@@ -193,7 +180,10 @@ async def _read_devices(settings: Settings) -> list[Device]:
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     from lanpair.client import owner_client
+    from lanpair.pairing import DEVICE_ID_RE
 
+    if not DEVICE_ID_RE.fullmatch(args.device_id):
+        raise BadRequest(f"{args.device_id!r} is not a device id (dev_…); see `lanpair devices`.")
     try:
         client = owner_client(settings.data_dir)
     except DaemonNotRunning:

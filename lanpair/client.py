@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,11 +12,10 @@ from typing import Any, Self
 
 import aiohttp
 from aiohttp.client_reqrep import Fingerprint
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from lanpair.errors import DaemonNotRunning, PinMismatch, RemoteError
 from lanpair.paths import Paths
+from lanpair.tls import decode_fingerprint, peer_digest
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 
@@ -30,8 +27,7 @@ class SpkiPin(Fingerprint):
     """
 
     def __init__(self, fingerprint: str) -> None:
-        digest = base64.urlsafe_b64decode(fingerprint + "=" * (-len(fingerprint) % 4))
-        super().__init__(digest)
+        super().__init__(decode_fingerprint(fingerprint))
         self.expected = fingerprint
 
     def check(self, transport: asyncio.Transport) -> None:
@@ -40,18 +36,10 @@ class SpkiPin(Fingerprint):
         if sslobj is None:
             return
         der = sslobj.getpeercert(binary_form=True) or b""
-        got = hashlib.sha256(_spki(der)).digest() if der else b""
+        got = peer_digest(der) if der else b""
         if got != self.fingerprint:
             host, port, *_ = transport.get_extra_info("peername")
             raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
-
-
-def _spki(cert_der: bytes) -> bytes:
-    return (
-        x509.load_der_x509_certificate(cert_der)
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,14 @@ def to_iso(moment: datetime | None) -> str | None:
     """Format a UTC time as ISO 8601 with a Z suffix (None stays None)."""
     if moment is None:
         return None
+    if moment.tzinfo is None:
+        raise ValueError("to_iso needs a timezone-aware time")
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def from_iso(text: str | None) -> datetime | None:
-    """Parse an ISO 8601 time written by to_iso (None stays None)."""
+    """Parse an ISO 8601 time; one without an offset is UTC (None stays None)."""
     if text is None:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

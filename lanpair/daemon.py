@@ -11,27 +11,26 @@ import os
 import secrets
 import signal
 import socket
-import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from lanpair import netif, tls
 from lanpair.clock import Clock, SystemClock
 from lanpair.config import Settings
 from lanpair.errors import CertificateError, ConfigError
+from lanpair.models import Site
 from lanpair.pairing import Pairing
 from lanpair.paths import Paths
-from lanpair.server import Services, Site, create_app
+from lanpair.server import Services, add_lifecycle, create_app, serving
 from lanpair.store import Store
 
 log = logging.getLogger(__name__)
 
 ADDRESS_CHECK_S = 5.0
+CERT_CHECK_S = 6 * 3600.0
 SHUTDOWN_TIMEOUT_S = 3.0
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +56,9 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Start every part in order, serve until ``stop`` is set (or a signal), stop in reverse."""
-    clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     with _stop_on_signals(stop):
-        await _serve(settings, on_ready, clock, stop)
+        await _serve(settings, on_ready, clock or SystemClock(), stop)
 
 
 async def _serve(
@@ -70,22 +68,21 @@ async def _serve(
     await asyncio.to_thread(paths.ensure)
     addresses = netif.LocalAddressSet()
     await asyncio.to_thread(addresses.refresh)
-    advertise_ip = settings.advertise_ip or await asyncio.to_thread(_advertise_ip, settings)
-    certificate = await _set_up_tls(settings, paths, advertise_ip)
+    server_tls = await _set_up_tls(settings, paths, clock)
     sockets = await asyncio.to_thread(_bind, settings)
-    port = sockets[0].getsockname()[1]
+    if settings.mdns:
+        log.info("mDNS advertisement is not built yet: phones find this PC by its QR code")
 
     store = Store(paths.database)
     site = Site(
         name=settings.name,
         device_id="",
         hostname=settings.hostname,
-        port=port,
-        scheme="https" if certificate else "http",
-        ip=advertise_ip,
-        fingerprint=certificate[0].fingerprint if certificate else None,
+        port=sockets[0].getsockname()[1],
+        scheme="https" if server_tls else "http",
+        ip=settings.advertise_ip or await asyncio.to_thread(_advertise_ip, settings),
+        fingerprint=server_tls.info.fingerprint if server_tls else None,
         extra_names=settings.owner_hosts,
-        addresses=tuple(sorted(str(a) for a in netif.lan_addresses())),
     )
     pairing = Pairing(
         store,
@@ -96,54 +93,56 @@ async def _serve(
     app = create_app(
         Services(store=store, pairing=pairing, clock=clock, site=site, owner_addresses=addresses)
     )
-    app.cleanup_ctx.append(_store_lifecycle(store, site))
-    app.cleanup_ctx.append(_address_watch(settings, paths, site, addresses, certificate))
-
-    runner = web.AppRunner(
+    add_lifecycle(app, _opened(store, site))
+    add_lifecycle(
         app,
-        handle_signals=False,
-        access_log_format=ACCESS_LOG_FORMAT,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        background(
+            _watch_network(settings, paths, site, addresses, server_tls, clock),
+            name="network-watch",
+        ),
     )
-    await runner.setup()
-    try:
-        for sock in sockets:
-            await web.SockSite(
-                runner, sock, ssl_context=certificate[1] if certificate else None
-            ).start()
-        ready = _ready(settings, site, paths, sockets)
+    async with serving(
+        app,
+        sockets,
+        server_tls.context if server_tls else None,
+        shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+    ):
         await asyncio.to_thread(_write_runtime_file, paths, site, sockets)
-        log.info("lanpair %s serving %s on port %d", site.version, site.scheme.upper(), port)
-        if on_ready is not None:
-            on_ready(ready)
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        await runner.cleanup()
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(paths.runtime_file.unlink)
-        log.info("stopped")
+        try:
+            log.info(
+                "lanpair %s serving %s on port %d", site.version, site.scheme.upper(), site.port
+            )
+            if on_ready is not None:
+                on_ready(_ready(settings, site, sockets))
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(paths.runtime_file.unlink)
+    log.info("stopped")
 
 
-async def _set_up_tls(
-    settings: Settings, paths: Paths, advertise_ip: str
-) -> tuple[tls.CertInfo, ssl.SSLContext] | None:
+async def _set_up_tls(settings: Settings, paths: Paths, clock: Clock) -> tls.ServerTls | None:
     if not settings.tls:
         log.warning("TLS is off (--no-tls): serving plain HTTP; anyone on the LAN can read traffic")
         return None
     try:
-        info = await asyncio.to_thread(_ensure_cert, settings, paths)
-        context = await asyncio.to_thread(tls.server_context, info)
+        info = await asyncio.to_thread(_ensure_cert, settings, paths, clock)
+        server_tls = await asyncio.to_thread(tls.ServerTls, info)
     except CertificateError as exc:
         log.error("TLS COULD NOT BE SET UP (%s): SERVING PLAIN HTTP", exc)
         return None
     log.info("TLS certificate fingerprint (SHA-256 of the public key): %s", info.fingerprint)
-    return info, context
+    return server_tls
 
 
-def _ensure_cert(settings: Settings, paths: Paths) -> tls.CertInfo:
+def _ensure_cert(settings: Settings, paths: Paths, clock: Clock) -> tls.CertInfo:
     return tls.ensure_certificate(
-        paths.tls_key, paths.tls_cert, hostname=settings.hostname, addresses=netif.lan_addresses()
+        paths.tls_key,
+        paths.tls_cert,
+        hostname=settings.hostname,
+        addresses=netif.lan_addresses(),
+        now=clock.now(),
     )
 
 
@@ -164,6 +163,7 @@ def _advertise_ip(settings: Settings) -> str:
 
 def _bind(settings: Settings) -> list[socket.socket]:
     """Bind the listening sockets first, so the real port is known before anything starts."""
+    sockets: list[socket.socket] = []
     try:
         if not settings.host:
             if socket.has_dualstack_ipv6():
@@ -176,64 +176,55 @@ def _bind(settings: Settings) -> list[socket.socket]:
                     )
                 ]
             return [socket.create_server(("0.0.0.0", settings.port), backlog=1024)]
-        sockets: list[socket.socket] = []
         port = settings.port
         for host in settings.host:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=1024)
-            port = sock.getsockname()[1]
-            sockets.append(sock)
+            sockets.append(socket.create_server((host, port), family=family, backlog=1024))
+            port = sockets[-1].getsockname()[1]
         return sockets
     except OSError as exc:
+        for sock in sockets:
+            sock.close()
         raise ConfigError(f"Cannot listen on port {settings.port}: {exc.strerror}.") from exc
 
 
-def _store_lifecycle(
-    store: Store, site: Site
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    @contextlib.asynccontextmanager
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with store:
-            site.device_id = await store.meta("device_id", lambda: "pc_" + secrets.token_hex(6))
-            yield
-
-    return lifecycle
+@contextlib.asynccontextmanager
+async def _opened(store: Store, site: Site) -> AsyncIterator[None]:
+    """Open the store and learn this PC's stable device id from it."""
+    async with store:
+        site.device_id = await store.meta("device_id", lambda: "pc_" + secrets.token_hex(6))
+        yield
 
 
-def _address_watch(
+async def _watch_network(
     settings: Settings,
     paths: Paths,
     site: Site,
     addresses: netif.LocalAddressSet,
-    certificate: tuple[tls.CertInfo, ssl.SSLContext] | None,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """Re-read the addresses every few seconds; follow the QR IP and re-issue the certificate."""
-
-    async def check() -> None:
-        if not await asyncio.to_thread(addresses.refresh):
-            return
-        site.addresses = tuple(sorted(str(a) for a in await asyncio.to_thread(netif.lan_addresses)))
-        log.info("network addresses changed: %s", ", ".join(site.addresses) or "none")
-        if not settings.advertise_ip:
-            site.ip = await asyncio.to_thread(_advertise_ip, settings)
-        if certificate is not None:
-            info = await asyncio.to_thread(_ensure_cert, settings, paths)
-            await asyncio.to_thread(certificate[1].load_cert_chain, info.cert_path, info.key_path)
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(ADDRESS_CHECK_S)
-            try:
-                await check()
-            except Exception:
-                log.exception("checking the network addresses failed")
-
-    @contextlib.asynccontextmanager
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with background(loop(), name="address-watch"):
-            yield
-
-    return lifecycle
+    server_tls: tls.ServerTls | None,
+    clock: Clock,
+) -> None:
+    """Every few seconds: follow address changes (QR address, certificate names); every few
+    hours: renew the certificate before it expires."""
+    cert_checked = time.monotonic()
+    cert_stale = False
+    while True:
+        await asyncio.sleep(ADDRESS_CHECK_S)
+        try:
+            if await asyncio.to_thread(addresses.refresh):
+                log.info("network addresses changed")
+                if not settings.advertise_ip:
+                    site.ip = await asyncio.to_thread(_advertise_ip, settings)
+                cert_stale = True
+            if time.monotonic() - cert_checked > CERT_CHECK_S:
+                cert_stale = True
+            if server_tls is not None and cert_stale:
+                info = await asyncio.to_thread(_ensure_cert, settings, paths, clock)
+                if info != server_tls.info:
+                    await asyncio.to_thread(server_tls.use, info)
+                cert_checked, cert_stale = time.monotonic(), False
+        except Exception:
+            log.exception("following the network or renewing the certificate failed; retrying")
 
 
 @contextlib.asynccontextmanager
@@ -270,7 +261,7 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-def _ready(settings: Settings, site: Site, paths: Paths, sockets: list[socket.socket]) -> Ready:
+def _ready(settings: Settings, site: Site, sockets: list[socket.socket]) -> Ready:
     host = _local_host(sockets)
     pairing_urls = [site.url("/pairing", host)]
     if site.ip != host:
@@ -287,9 +278,7 @@ def _ready(settings: Settings, site: Site, paths: Paths, sockets: list[socket.so
 def _local_host(sockets: list[socket.socket]) -> str:
     """Return an address of this daemon that a local client can connect to."""
     host = str(sockets[0].getsockname()[0])
-    if host in {"::", "0.0.0.0"}:
-        return "127.0.0.1"
-    return host
+    return "127.0.0.1" if host in {"::", "0.0.0.0"} else host
 
 
 def _write_runtime_file(paths: Paths, site: Site, sockets: list[socket.socket]) -> None:

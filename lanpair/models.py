@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -85,7 +85,6 @@ class Site:
     fingerprint: str | None
     extra_names: tuple[str, ...] = ()
     version: str = __version__
-    addresses: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def local_name(self) -> str:
@@ -102,8 +101,7 @@ class Site:
                 self.local_name,
                 self.hostname,
                 self.ip,
-                *self.addresses,
-                *(n.lower() for n in self.extra_names),
+                *(n.lower().rstrip(".") for n in self.extra_names),
             }
         )
 

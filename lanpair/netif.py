@@ -90,7 +90,7 @@ def _default_route_interface() -> str | None:
     best: tuple[int, str] | None = None
     for line in lines:
         parts = line.split()
-        if len(parts) > 6 and parts[1] == "00000000" and parts[7] == "00000000":
+        if len(parts) > 7 and parts[1] == "00000000" and parts[7] == "00000000":
             metric = int(parts[6])
             if best is None or metric < best[0]:
                 best = (metric, parts[0])
@@ -119,7 +119,11 @@ class LocalAddressSet:
         if not isinstance(address, str):
             return False
         ip = normalize(address)
-        return ip is not None and (ip.is_loopback or str(ip) in self._addresses)
+        if ip is None or ip.is_link_local:
+            # Link-local addresses are unique per link only: a peer on the Wi-Fi may claim
+            # the link-local address of another of this PC's interfaces.
+            return False
+        return ip.is_loopback or str(ip) in self._addresses
 
     def refresh(self) -> bool:
         """Re-read the interfaces; return whether the set changed. Blocking."""

@@ -13,11 +13,10 @@ import ipaddress
 import logging
 import re
 import secrets
-import unicodedata
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import datetime, timedelta
 
-from lanpair.clock import Clock
+from lanpair.clock import Clock, to_iso
 from lanpair.errors import (
     BadRequest,
     CodeExpired,
@@ -29,17 +28,17 @@ from lanpair.errors import (
     UnknownCode,
 )
 from lanpair.models import Caller, Confirmation, Device, DeviceStatus, PendingPairing
+from lanpair.names import clean_text
 from lanpair.store import ConfirmOutcome, Store
 
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 24
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
-DEVICE_ID_RE = re.compile(r"^dev_[a-z0-9]{12}$")
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}")
+DEVICE_ID_RE = re.compile(r"dev_[a-z0-9]{12}")
 MAX_NAME_CHARS = 64
 MAX_CLIENT_ID_CHARS = 128
 SEEN_EVERY = timedelta(seconds=60)
-ZERO_WIDTH_JOINER = "\u200d"  # joins emoji sequences; other format characters go
 
 
 def new_token() -> str:
@@ -59,25 +58,33 @@ def new_device_id() -> str:
 
 
 def clean_name(raw: object, field: str, limit: int = MAX_NAME_CHARS) -> str:
-    """Return a display name: no control or direction-override characters, NFC, one-spaced.
+    """Return a display name cleaned by names.clean_text.
 
     Raises BadRequest when nothing is left or it is longer than ``limit`` characters.
     """
     if not isinstance(raw, str):
         raise BadRequest(f"{field} must be a string.")
-    kept = []
-    for ch in raw:
-        category = unicodedata.category(ch)
-        if ch.isspace():
-            kept.append(" ")
-        elif ch == ZERO_WIDTH_JOINER or category[0] != "C":
-            kept.append(ch)
-    text = " ".join(unicodedata.normalize("NFC", "".join(kept)).split())
+    text = clean_text(raw)
     if not text:
         raise BadRequest(f"{field} must not be empty.")
     if len(text) > limit:
         raise BadRequest(f"{field} must be at most {limit} characters.")
     return text
+
+
+def device_record(device: Device, now: datetime) -> dict[str, object]:
+    """Return a device as the owner's views show it (never its token)."""
+    return {
+        "device_id": device.device_id,
+        "device_name": device.device_name,
+        "status": device.status_at(now).value,
+        "confirmed_at": to_iso(device.confirmed_at),
+        "expires_at": to_iso(device.expires_at),
+        "revoked_at": to_iso(device.revoked_at),
+        "last_seen": to_iso(device.last_seen),
+        "last_sync": to_iso(device.last_sync),
+        "file_count": device.file_count,
+    }
 
 
 def address_key(address: str) -> str:
@@ -94,7 +101,7 @@ def address_key(address: str) -> str:
 
 
 class AttemptLimiter:
-    """Count failures per address bucket in a sliding window; memory is bounded."""
+    """Count attempts per address bucket in a sliding window; time and memory are bounded."""
 
     def __init__(
         self, clock: Clock, *, limit: int = 10, window_s: float = 300, max_keys: int = 4096
@@ -103,29 +110,44 @@ class AttemptLimiter:
         self._limit = limit
         self._window = timedelta(seconds=window_s)
         self._max_keys = max_keys
-        self._failures: OrderedDict[str, list[datetime]] = OrderedDict()
+        self._attempts: OrderedDict[str, deque[datetime]] = OrderedDict()
+
+    def allows(self, address: str) -> bool:
+        """Return whether ``address`` is below its limit."""
+        return len(self._recent(address_key(address))) < self._limit
 
     def check(self, address: str) -> None:
-        """Raise TooManyAttempts while ``address`` is over its limit."""
+        """Raise TooManyAttempts while ``address`` is at its limit."""
         recent = self._recent(address_key(address))
         if len(recent) >= self._limit:
             retry = recent[0] + self._window - self._clock.now()
             raise TooManyAttempts(retry_after_s=max(1.0, retry.total_seconds()))
 
-    def fail(self, address: str) -> int:
-        """Record a failure from ``address``; return how many are in the window."""
+    def record(self, address: str) -> int:
+        """Count one attempt from ``address``; return how many are in the window (≤ limit)."""
         key = address_key(address)
         recent = self._recent(key)
         recent.append(self._clock.now())
-        self._failures[key] = recent
-        self._failures.move_to_end(key)
-        while len(self._failures) > self._max_keys:
-            self._failures.popitem(last=False)
+        self._attempts[key] = recent
+        self._attempts.move_to_end(key)
+        while len(self._attempts) > self._max_keys:
+            self._attempts.popitem(last=False)
         return len(recent)
 
-    def _recent(self, key: str) -> list[datetime]:
+    def forgive(self, address: str) -> None:
+        """Take back the newest attempt from ``address`` (it succeeded)."""
+        recent = self._attempts.get(address_key(address))
+        if recent:
+            recent.pop()
+
+    def _recent(self, key: str) -> deque[datetime]:
+        recent = self._attempts.get(key)
+        if recent is None:
+            return deque(maxlen=self._limit)
         since = self._clock.now() - self._window
-        return [t for t in self._failures.get(key, []) if t > since]
+        while recent and recent[0] <= since:
+            recent.popleft()
+        return recent
 
 
 class Pairing:
@@ -161,11 +183,11 @@ class Pairing:
         self, client_addr: str | None = None, *, token: str | None = None
     ) -> PendingPairing:
         """Issue a one-time pairing code (``token``: one drawn ahead of time by new_token)."""
+        if token is not None and not TOKEN_RE.fullmatch(token):
+            raise ValueError("a pairing token must come from new_token()")
         now = self._clock.now()
         token = token or new_token()
-        await self._store.add_pending(hash_token(token), now, now + self._pending_ttl)
-        await self._store.audit("generate", now, client_addr=client_addr)
-        await self._store.purge_pending(now - timedelta(days=1))
+        await self._store.add_pending(hash_token(token), now, now + self._pending_ttl, client_addr)
         log.info("issued a pairing code, valid until %s", (now + self._pending_ttl).isoformat())
         return PendingPairing(token=token, expires_at=now + self._pending_ttl)
 
@@ -176,7 +198,6 @@ class Pairing:
 
         Raises TooManyAttempts, UnknownCode, CodeExpired, CodeUsed or BadRequest.
         """
-        self._limiter.check(client_addr)
         name = clean_name(device_name, "device_name")
         client_id = clean_name(client_device_id, "device_id", MAX_CLIENT_ID_CHARS)
         now = self._clock.now()
@@ -189,29 +210,23 @@ class Pairing:
             expires_at=now + self._pairing_ttl,
         )
         device_token = new_token()
-        if TOKEN_RE.match(token):
-            outcome, replaced = await self._store.confirm(
-                hash_token(token), now, device, hash_token(device_token)
-            )
-        else:
-            outcome, replaced = ConfirmOutcome.UNKNOWN, []
+        # Check and count before the first await, so parallel guesses cannot pass the limit.
+        self._limiter.check(client_addr)
+        self._limiter.record(client_addr)
+        outcome, replaced = await self._store.confirm(
+            hash_token(token) if TOKEN_RE.fullmatch(token) else None,
+            now,
+            device,
+            hash_token(device_token),
+            client_addr,
+        )
         if outcome is not ConfirmOutcome.CONFIRMED:
-            self._limiter.fail(client_addr)
-            await self._store.audit(
-                "confirm_failed", now, client_addr=client_addr, detail=outcome.value
-            )
             raise {
                 ConfirmOutcome.UNKNOWN: UnknownCode,
                 ConfirmOutcome.EXPIRED: CodeExpired,
                 ConfirmOutcome.USED: CodeUsed,
             }[outcome]()
-        await self._store.audit(
-            "confirm",
-            now,
-            device_id=device.device_id,
-            client_addr=client_addr,
-            detail=f"replaced {', '.join(replaced)}" if replaced else None,
-        )
+        self._limiter.forgive(client_addr)
         log.info("paired %r as %s from %s", name, device.device_id, client_addr)
         for old in replaced:
             log.info("pairing %s replaced by the same client's new pairing", old)
@@ -221,7 +236,9 @@ class Pairing:
         """Return the device a token belongs to. Raises NotPaired (and audits it)."""
         now = self._clock.now()
         found = (
-            await self._store.device_by_token(hash_token(token)) if TOKEN_RE.match(token) else None
+            await self._store.device_by_token(hash_token(token))
+            if TOKEN_RE.fullmatch(token)
+            else None
         )
         if found is not None:
             device, stored = found
@@ -230,7 +247,9 @@ class Pairing:
             ):
                 await self._mark_seen(device, now)
                 return device
-        if self._auth_failures.fail(client_addr) == 1:
+        # One audit line and one log line per address and minute, however hard it knocks.
+        if self._auth_failures.allows(client_addr):
+            self._auth_failures.record(client_addr)
             reason = "unknown token" if found is None else found[0].status_at(now).value
             await self._store.audit(
                 "auth_failed",
@@ -255,17 +274,11 @@ class Pairing:
         ):
             raise NotOwner("A device may revoke only its own pairing.")
         now = self._clock.now()
-        revoked = await self._store.revoke(device.device_id, now)
+        by = "by owner" if caller.owner else "by itself"
+        revoked = await self._store.revoke(device.device_id, now, client_addr, by)
         if revoked is None:
             raise NotFound("No paired device has that id.")
         self._seen.pop(device.device_id, None)
-        await self._store.audit(
-            "revoke",
-            now,
-            device_id=device.device_id,
-            client_addr=client_addr,
-            detail="by owner" if caller.owner else "by itself",
-        )
         log.info("revoked %s (%r)", device.device_id, device.device_name)
         return revoked
 
@@ -277,10 +290,14 @@ class Pairing:
         """Return a device's status as of now."""
         return device.status_at(self._clock.now())
 
+    def record(self, device: Device) -> dict[str, object]:
+        """Return a device as the owner's views show it, as of now."""
+        return device_record(device, self._clock.now())
+
     async def _resolve(self, target: str) -> Device | None:
-        if DEVICE_ID_RE.match(target):
+        if DEVICE_ID_RE.fullmatch(target):
             return await self._store.device(target)
-        if TOKEN_RE.match(target):
+        if TOKEN_RE.fullmatch(target):
             found = await self._store.device_by_token(hash_token(target))
             return found[0] if found else None
         return None

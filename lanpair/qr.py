@@ -21,7 +21,7 @@ def render(url: str) -> QrImages:
     code = segno.make_qr(url, error="m")
     return QrImages(
         svg=code.svg_inline(scale=4, title="lanpair pairing code"),
-        png_data_url=code.png_data_uri(scale=6, border=4),
+        png_data_url=code.png_data_uri(scale=3, border=4),
     )
 
 

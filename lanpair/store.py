@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,8 @@ from lanpair.models import Device, DeviceStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+PENDING_KEPT = timedelta(days=1)  # spent and expired codes stay this long, for the audit trail
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -133,24 +135,49 @@ class Store:
 
         return await self.write(get_or_set)
 
-    async def add_pending(self, token_hash: bytes, created: datetime, expires: datetime) -> None:
-        """Store a new pending pairing code (its hash only)."""
-        await self.write(
-            lambda c: c.execute(
+    async def add_pending(
+        self, token_hash: bytes, created: datetime, expires: datetime, client_addr: str | None
+    ) -> None:
+        """Store a new pending code (its hash only), audit it, and drop codes a day expired."""
+
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO pending (token_hash, created_at, expires_at) VALUES (?, ?, ?)",
                 (token_hash, to_iso(created), to_iso(expires)),
             )
-        )
+            conn.execute(
+                "DELETE FROM pending WHERE expires_at < ?", (to_iso(created - PENDING_KEPT),)
+            )
+            _audit(conn, "generate", created, client_addr=client_addr)
+
+        await self.write(add)
 
     async def confirm(
-        self, pending_hash: bytes, now: datetime, device: Device, token_hash: bytes
+        self,
+        pending_hash: bytes | None,
+        now: datetime,
+        device: Device,
+        token_hash: bytes,
+        client_addr: str,
     ) -> tuple[ConfirmOutcome, list[str]]:
-        """Spend a pending code and add ``device`` in one transaction.
+        """Spend a pending code and add ``device``, audited, in one transaction.
 
         Returns the outcome and the ids of older pairings of the same client it replaced.
         """
 
         def confirm(conn: sqlite3.Connection) -> tuple[ConfirmOutcome, list[str]]:
+            outcome, replaced = spend(conn)
+            _audit(
+                conn,
+                "confirm" if outcome is ConfirmOutcome.CONFIRMED else "confirm_failed",
+                now,
+                device_id=device.device_id if outcome is ConfirmOutcome.CONFIRMED else None,
+                client_addr=client_addr,
+                detail=f"replaced {', '.join(replaced)}" if replaced else outcome.value,
+            )
+            return outcome, replaced
+
+        def spend(conn: sqlite3.Connection) -> tuple[ConfirmOutcome, list[str]]:
             row = conn.execute(
                 "SELECT expires_at, spent_at FROM pending WHERE token_hash = ?", (pending_hash,)
             ).fetchone()
@@ -220,8 +247,10 @@ class Store:
         )
         return [_device(row) for row in rows]
 
-    async def revoke(self, device_id: str, now: datetime) -> Device | None:
-        """Mark a device revoked; return it as it now stands (None if unknown)."""
+    async def revoke(
+        self, device_id: str, now: datetime, client_addr: str, detail: str
+    ) -> Device | None:
+        """Mark a device revoked, audited; return it as it now stands (None if unknown)."""
 
         def revoke(conn: sqlite3.Connection) -> Device | None:
             conn.execute(
@@ -230,7 +259,10 @@ class Store:
                 (to_iso(now), device_id),
             )
             row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-            return _device(row) if row else None
+            if row is None:
+                return None
+            _audit(conn, "revoke", now, device_id=device_id, client_addr=client_addr, detail=detail)
+            return _device(row)
 
         return await self.write(revoke)
 
@@ -241,13 +273,6 @@ class Store:
                 "UPDATE devices SET last_seen = ? WHERE device_id = ?", (to_iso(now), device_id)
             )
         )
-
-    async def purge_pending(self, before: datetime) -> int:
-        """Delete pending codes that expired before ``before``; return how many."""
-        cursor = await self.write(
-            lambda c: c.execute("DELETE FROM pending WHERE expires_at < ?", (to_iso(before),))
-        )
-        return int(cursor.rowcount)
 
     async def audit(
         self,
@@ -260,10 +285,8 @@ class Store:
     ) -> None:
         """Append one line to the audit log."""
         await self.write(
-            lambda c: c.execute(
-                """INSERT INTO audit (time, action, device_id, client_addr, detail)
-                   VALUES (?, ?, ?, ?, ?)""",
-                (to_iso(now), action, device_id, client_addr, detail),
+            lambda c: _audit(
+                c, action, now, device_id=device_id, client_addr=client_addr, detail=detail
             )
         )
 
@@ -322,6 +345,21 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
     for number, script in enumerate(migrations[version:], start=version + 1):
         log.info("migrating the state database to schema %d", number)
         conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+def _audit(
+    conn: sqlite3.Connection,
+    action: str,
+    now: datetime,
+    *,
+    device_id: str | None = None,
+    client_addr: str | None = None,
+    detail: str | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (time, action, device_id, client_addr, detail) VALUES (?, ?, ?, ?, ?)",
+        (to_iso(now), action, device_id, client_addr, detail),
+    )
 
 
 def _device(row: sqlite3.Row) -> Device:

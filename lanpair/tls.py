@@ -45,17 +45,35 @@ class CertInfo:
     ip_addresses: tuple[str, ...]
 
 
-def spki_fingerprint(cert: x509.Certificate) -> str:
-    """Return the pin: SHA-256 of the SubjectPublicKeyInfo (DER), unpadded base64url."""
+def spki_digest(cert: x509.Certificate) -> bytes:
+    """Return the SHA-256 of a certificate's SubjectPublicKeyInfo (DER)."""
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return base64.urlsafe_b64encode(hashlib.sha256(spki).digest()).rstrip(b"=").decode()
+    return hashlib.sha256(spki).digest()
 
 
-def spki_fingerprint_der(cert_der: bytes) -> str:
-    """Return the pin of a DER-encoded certificate."""
-    return spki_fingerprint(x509.load_der_x509_certificate(cert_der))
+def spki_fingerprint(cert: x509.Certificate) -> str:
+    """Return the pin: SHA-256 of the SubjectPublicKeyInfo (DER), unpadded base64url."""
+    return encode_fingerprint(spki_digest(cert))
+
+
+def encode_fingerprint(digest: bytes) -> str:
+    """Write a pin digest as unpadded base64url."""
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def decode_fingerprint(fingerprint: str) -> bytes:
+    """Read a pin written by encode_fingerprint. Raises ValueError."""
+    digest = base64.urlsafe_b64decode(fingerprint + "=" * (-len(fingerprint) % 4))
+    if len(digest) != hashlib.sha256().digest_size:
+        raise ValueError(f"{fingerprint!r} is not a SHA-256 fingerprint")
+    return digest
+
+
+def peer_digest(cert_der: bytes) -> bytes:
+    """Return the pin digest of a DER-encoded certificate a peer presented."""
+    return spki_digest(x509.load_der_x509_certificate(cert_der))
 
 
 def ensure_certificate(
@@ -230,3 +248,26 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
         file.flush()
         os.fsync(file.fileno())
     temp.replace(path)
+
+
+class ServerTls:
+    """The listening TLS context; a re-issued certificate takes over for new connections.
+
+    Each handshake is steered to the newest context from the SNI callback (called with or
+    without SNI), so no context is changed while the event loop's handshakes use it.
+    """
+
+    def __init__(self, info: CertInfo) -> None:
+        self.info = info
+        self.context = server_context(info)
+        self._current = self.context
+        self.context.sni_callback = self._steer
+
+    def use(self, info: CertInfo) -> None:
+        """Serve ``info``'s certificate to every new connection. Blocking (reads the files)."""
+        fresh = server_context(info)
+        self.info, self._current = info, fresh
+
+    def _steer(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._current is not self.context:
+            ssl_object.context = self._current

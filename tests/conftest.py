@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Callable, Container
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +56,10 @@ class Daemon:
         )
 
 
-DaemonFactory = Callable[..., "AsyncIterator[Daemon]"]
+StartDaemon = Callable[..., Awaitable[Daemon]]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cert_info(tmp_path_factory: pytest.TempPathFactory) -> tls.CertInfo:
     """Return a certificate made for this test session's daemon."""
     folder = tmp_path_factory.mktemp("tls")
@@ -72,12 +72,11 @@ def cert_info(tmp_path_factory: pytest.TempPathFactory) -> tls.CertInfo:
 
 
 @pytest.fixture
-async def make_daemon(
-    tmp_path: Path, cert_info: tls.CertInfo
-) -> AsyncIterator[Callable[..., object]]:
+async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[StartDaemon]:
     """Yield a factory that serves the app; ``owner_addresses`` steers the owner check."""
     runners: list[web.AppRunner] = []
     stores: list[Store] = []
+    sockets: list[socket.socket] = []
 
     async def start(owner_addresses: Container[str] | None = None) -> Daemon:
         clock = ManualClock()
@@ -87,6 +86,7 @@ async def make_daemon(
         await store.__aenter__()
         stores.append(store)
         sock = socket.create_server(("127.0.0.1", 0))
+        sockets.append(sock)
         port = sock.getsockname()[1]
         site = Site(
             name="Test PC",
@@ -123,18 +123,20 @@ async def make_daemon(
         await runner.cleanup()
     for store in stores:
         await store.__aexit__(None, None, None)
+    for sock in sockets:
+        sock.close()
 
 
 @pytest.fixture
-async def daemon(make_daemon: Callable[..., object]) -> Daemon:
+async def daemon(make_daemon: StartDaemon) -> Daemon:
     """Return a daemon whose owner is anything on loopback."""
-    return await make_daemon()  # type: ignore[no-any-return, operator]
+    return await make_daemon()
 
 
 @pytest.fixture
-async def lan_daemon(make_daemon: Callable[..., object]) -> Daemon:
+async def lan_daemon(make_daemon: StartDaemon) -> Daemon:
     """Return a daemon whose owner is 127.0.0.1 only, so 127.0.0.2 is a LAN peer."""
-    return await make_daemon(owner_addresses={"127.0.0.1"})  # type: ignore[no-any-return, operator]
+    return await make_daemon(owner_addresses={"127.0.0.1"})
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

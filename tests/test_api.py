@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from typing import Any
@@ -453,3 +454,53 @@ async def test_codes_drawn_ahead_follow_a_changed_address(daemon: Daemon) -> Non
         assert code["ip"] == "127.0.0.9"
     tokens = {c["pairing_token"] for c in (first, second, third)}
     assert len(tokens) == 3
+
+
+async def test_a_device_revokes_itself_with_its_token_in_the_path(lan_daemon: Daemon) -> None:
+    """The seed's /api/pairing/revoke/<token> works for the device itself, with no cookie."""
+    device = await pair(lan_daemon)
+    async with lan_daemon.session(source="127.0.0.2") as phone:
+        path = f"/api/pairing/revoke/{device['device_token']}"
+        assert await status_of(phone, "POST", path, json={}) == 200
+    async with lan_daemon.session(headers=bearer(device["device_token"])) as phone:
+        assert await status_of(phone, "GET", "/api/me") == 401
+
+
+async def test_parallel_bad_confirms_cannot_outrun_the_rate_limit(lan_daemon: Daemon) -> None:
+    """Sixty guesses sent at once from one address still meet 429 after the tenth."""
+    async with lan_daemon.session(source="127.0.0.5") as attacker:
+        statuses = await asyncio.gather(
+            *(
+                status_of(
+                    attacker,
+                    "POST",
+                    "/api/pairing/confirm",
+                    json={"pairing_token": "B" * 32, "device_name": "x", "device_id": "y"},
+                )
+                for _ in range(60)
+            )
+        )
+    assert statuses.count(401) == 10
+    assert statuses.count(429) == 50
+
+
+async def test_deeply_nested_json_is_a_bad_request(daemon: Daemon) -> None:
+    """A body that would blow the JSON parser's stack is a 400, not a 500."""
+    async with (
+        daemon.session() as phone,
+        phone.post("/api/pairing/confirm", data=b"[" * 10_000, headers=JSON) as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "host", ["[::1", "evil.example@localhost", "localhost:99999999", "local host", ""]
+)
+async def test_malformed_host_headers_are_not_the_owner(daemon: Daemon, host: str) -> None:
+    """A Host header that does not parse strictly is refused, never a 500."""
+    async with daemon.session() as owner:
+        assert (
+            await status_of(owner, "POST", "/api/pairing/generate", json={}, headers={"Host": host})
+            == 403
+        )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,30 @@ def test_cli_loads_no_server_stack_until_a_command_needs_it() -> None:
     """`lanpair --help` starts fast: no aiohttp, Pillow or cryptography at import."""
     loaded = loaded_after("import lanpair.cli")
     assert not loaded & {"aiohttp", "PIL", "cryptography", "segno", "watchdog", "zeroconf"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Return every module a source file imports (absolute names, from statements included)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_the_server_package_imports_aiohttp_web() -> None:
+    """aiohttp.web lives in lanpair/server/ alone; the client side uses aiohttp's client only."""
+    package = Path(lanpair.__file__).parent
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "server" not in path.relative_to(package).parts
+        and any(
+            name == "aiohttp.web" or name.startswith("aiohttp.web_") for name in imports_of(path)
+        )
+    ]
+    assert offenders == []

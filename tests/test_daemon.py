@@ -293,3 +293,10 @@ def test_serve_help_lists_every_setting(flag: str) -> None:
     )
     for setting in SETTINGS:
         assert setting.flag in result.stdout
+
+
+def test_revoke_refuses_what_is_not_a_device_id(tmp_path: Path) -> None:
+    """`lanpair revoke ../generate` is refused before any request is made."""
+    result = lanpair("revoke", "../generate", data_dir=tmp_path)
+    assert result.returncode == 1
+    assert "is not a device id" in result.stderr

@@ -130,7 +130,7 @@ def test_fingerprint_is_sha256_of_spki(tmp_path: Path) -> None:
     assert info.fingerprint == expected
     assert len(info.fingerprint) == 43
     der = load_cert(info).public_bytes(serialization.Encoding.DER)
-    assert tls.spki_fingerprint_der(der) == expected
+    assert tls.encode_fingerprint(tls.peer_digest(der)) == expected
 
 
 def test_same_inputs_do_not_reissue(tmp_path: Path) -> None:
@@ -236,10 +236,47 @@ async def test_tls_handshake_verifies_against_the_certificate(tmp_path: Path) ->
         try:
             assert await reader.readline() == b"hello\n"
             peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            assert tls.spki_fingerprint_der(peer) == info.fingerprint
+            assert tls.encode_fingerprint(tls.peer_digest(peer)) == info.fingerprint
         finally:
             writer.close()
             await writer.wait_closed()
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_server_tls_hands_new_connections_the_reissued_certificate(tmp_path: Path) -> None:
+    """After use(new), new handshakes get the new certificate over the same key and pin."""
+    first = tls.ensure_certificate(
+        tmp_path / "key.pem", tmp_path / "cert.pem", hostname="pc", addresses=[]
+    )
+    server_tls = tls.ServerTls(first)
+    server = await asyncio.start_server(
+        lambda _r, w: w.close(), "127.0.0.1", 0, ssl=server_tls.context
+    )
+    port = server.sockets[0].getsockname()[1]
+
+    async def presented() -> x509.Certificate:
+        client = ssl.create_default_context()
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return x509.load_der_x509_certificate(der)
+
+    try:
+        before = await presented()
+        second = tls.ensure_certificate(
+            tmp_path / "key.pem",
+            tmp_path / "cert.pem",
+            hostname="pc",
+            addresses=[ipaddress.ip_address("10.77.0.9")],
+        )
+        await asyncio.to_thread(server_tls.use, second)
+        after = await presented()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert after.serial_number != before.serial_number
+    assert tls.spki_fingerprint(after) == tls.spki_fingerprint(before) == first.fingerprint

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from lanpair.clock import to_iso
-from lanpair.models import Device, DeviceStatus
+from lanpair.models import DeviceStatus
 from lanpair.server.keys import MINT_KEY, SERVICES_KEY
 from lanpair.server.middleware import (
     COOKIE_NAME,
@@ -91,7 +89,7 @@ async def confirm(request: web.Request) -> web.Response:
 async def devices(request: web.Request) -> web.Response:
     """List every pairing, for the owner's management view."""
     pairing = request.app[SERVICES_KEY].pairing
-    return json_response([_management_view(d, pairing.status(d)) for d in await pairing.devices()])
+    return json_response([pairing.record(d) for d in await pairing.devices()])
 
 
 @routes.post("/api/pairing/revoke/{target}")
@@ -163,17 +161,3 @@ async def info(request: web.Request) -> web.Response:
             "protocol": site.scheme,
         }
     )
-
-
-def _management_view(device: Device, status: DeviceStatus) -> dict[str, Any]:
-    return {
-        "device_id": device.device_id,
-        "device_name": device.device_name,
-        "status": status.value,
-        "confirmed_at": to_iso(device.confirmed_at),
-        "expires_at": to_iso(device.expires_at),
-        "revoked_at": to_iso(device.revoked_at),
-        "last_seen": to_iso(device.last_seen),
-        "last_sync": to_iso(device.last_sync),
-        "file_count": device.file_count,
-    }

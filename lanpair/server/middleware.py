@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
 from lanpair import errors
 from lanpair.models import ANONYMOUS, OWNER, Caller
+from lanpair.pairing import TOKEN_RE
 from lanpair.server.keys import CALLER_KEY, SERVICES_KEY
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ H = TypeVar("H", bound=Handler)
 COOKIE_NAME = "lanpair_device"
 JSON_LIMIT_BYTES = 16 * 1024
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+HOST_RE = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?")
 
 ERROR_STATUS: dict[type[errors.LanpairError], int] = {
     errors.BadRequest: 400,
@@ -184,6 +186,10 @@ def _presented_token(request: web.Request) -> tuple[str | None, bool]:
     path_token = request.match_info.get("token")
     if path_token:
         return path_token, False
+    # The seed's /api/pairing/revoke/<token>: a token there is a credential too.
+    target = request.match_info.get("target", "")
+    if TOKEN_RE.fullmatch(target):
+        return target, False
     authorization = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
@@ -204,11 +210,10 @@ def is_owner_request(request: web.Request) -> bool:
 
 def _host_is_ours(request: web.Request) -> bool:
     services = request.app[SERVICES_KEY]
-    host = request.headers.get(hdrs.HOST, "")
-    name = urlsplit(f"//{host}").hostname
-    if not name:
+    match = HOST_RE.fullmatch(request.headers.get(hdrs.HOST, ""))
+    if match is None:
         return False
-    name = name.lower().rstrip(".")
+    name = match["name"].strip("[]").lower().removesuffix(".")
     return name in services.site.own_names() or name in services.owner_addresses
 
 
@@ -240,7 +245,7 @@ async def read_json(request: web.Request, *, limit: int = JSON_LIMIT_BYTES) -> d
         return {}
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.BadRequest("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise errors.BadRequest("The request body must be a JSON object.")
