@@ -133,6 +133,7 @@ def _print_ready(ready: Ready) -> None:
         print(f"  certificate fingerprint (SHA-256 of its public key): {ready.fingerprint}")
     else:
         print("  plain HTTP: traffic is not encrypted")
+    print(f"  library: {ready.library}")
     print(f"  data: {ready.data_dir}", flush=True)
 
 

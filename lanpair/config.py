@@ -33,7 +33,7 @@ class Setting:
     """One setting: its name everywhere, how to parse it, its default and its help."""
 
     name: str
-    kind: str  # str | int | bool | duration | path | list | choice
+    kind: str  # str | int | bool | duration | size | path | list | choice
     default: Any
     help: str
     default_help: str = ""
@@ -41,8 +41,8 @@ class Setting:
 
     @property
     def attr(self) -> str:
-        """Return the Settings attribute this fills (durations carry their unit)."""
-        return f"{self.name}_s" if self.kind == "duration" else self.name
+        """Return the Settings attribute this fills (durations and sizes carry their unit)."""
+        return self.name + {"duration": "_s", "size": "_bytes"}.get(self.kind, "")
 
     @property
     def flag(self) -> str:
@@ -75,6 +75,20 @@ SETTINGS: tuple[Setting, ...] = (
         "where the database, certificates and uploads live",
         "the platform's user data dir (~/.local/share/lanpair)",
     ),
+    Setting(
+        "library", "path", None, "where uploaded photos and files are kept", "DATA_DIR/uploads"
+    ),
+    Setting(
+        "reserve",
+        "size",
+        1 << 30,
+        "free space to leave on the library's disk; uploads that would eat into it get 507",
+        "1G",
+    ),
+    Setting(
+        "max_upload", "size", 0, "largest file accepted in one upload (0: no limit)", "no limit"
+    ),
+    Setting("thumb_workers", "int", 2, "processes drawing thumbnails"),
     Setting("tls", "bool", True, "serve HTTPS with a self-signed certificate (--no-tls: HTTP)"),
     Setting("mdns", "bool", True, "advertise the daemon on the LAN with mDNS (--no-mdns: off)"),
     Setting("name", "str", None, "the PC's display name shown to phones", "the host name"),
@@ -108,6 +122,10 @@ class Settings:
     host: tuple[str, ...]
     port: int
     data_dir: Path
+    library: Path
+    reserve_bytes: int
+    max_upload_bytes: int
+    thumb_workers: int
     tls: bool
     mdns: bool
     name: str
@@ -257,6 +275,26 @@ def _parse_duration(setting: Setting, raw: Any, where: str) -> float:
     return seconds
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@_parser("size")
+def _parse_size(setting: Setting, raw: Any, where: str) -> int:
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise TypeError(raw)
+    if isinstance(raw, int | float):
+        size = int(raw)
+    else:
+        match = _SIZE_RE.match(str(raw))
+        if not match:
+            raise ValueError(raw)
+        size = int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+    if not 0 <= size < 1 << 60:
+        raise ConfigError(f"{where}: {raw!r} is not a size like 500M, 1G or 0.")
+    return size
+
+
 @_parser("path")
 def _parse_path(setting: Setting, raw: Any, where: str) -> Path:
     if not isinstance(raw, str | Path) or not str(raw).strip():
@@ -285,6 +323,9 @@ def _parse_choice(setting: Setting, raw: Any, where: str) -> str:
 def _build(values: Mapping[str, Any]) -> Settings:
     resolved = {s.attr: values.get(s.name, s.default) for s in SETTINGS}
     resolved["data_dir"] = resolved["data_dir"] or default_data_dir()
+    resolved["library"] = resolved["library"] or resolved["data_dir"] / "uploads"
+    if resolved["thumb_workers"] < 1:
+        raise ConfigError("thumb_workers: at least one process must draw thumbnails.")
     resolved["hostname"] = resolved["hostname"] or system_hostname()
     resolved["name"] = resolved["name"] or resolved["hostname"]
     return Settings(**resolved)

@@ -20,17 +20,20 @@ from lanpair import netif, tls
 from lanpair.clock import Clock, SystemClock
 from lanpair.config import Settings
 from lanpair.errors import CertificateError, ConfigError
+from lanpair.library import Library
 from lanpair.models import Site
 from lanpair.pairing import Pairing
-from lanpair.paths import Paths
+from lanpair.paths import LibraryPaths, Paths
 from lanpair.server import Services, add_lifecycle, create_app, serving
 from lanpair.store import Store
+from lanpair.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 ADDRESS_CHECK_S = 5.0
 CERT_CHECK_S = 6 * 3600.0
 SHUTDOWN_TIMEOUT_S = 3.0
+THUMB_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class Ready:
     pairing_urls: tuple[str, ...]
     fingerprint: str | None
     data_dir: str
+    library: str
 
 
 def run(settings: Settings, on_ready: Callable[[Ready], None] | None = None) -> None:
@@ -90,10 +94,31 @@ async def _serve(
         pending_ttl_s=settings.pending_ttl_s,
         pairing_ttl_s=settings.pairing_ttl_s,
     )
+    pool = WorkerPool(settings.thumb_workers, timeout_s=THUMB_TIMEOUT_S, name="lanpair-thumbs")
+    library = Library(
+        store,
+        LibraryPaths(settings.library),
+        clock,
+        thumbs_dir=paths.thumbs,
+        pc_folder=settings.name,
+        reserve_bytes=settings.reserve_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        run_job=pool.run,
+        thumb_tasks=settings.thumb_workers,
+    )
     app = create_app(
-        Services(store=store, pairing=pairing, clock=clock, site=site, owner_addresses=addresses)
+        Services(
+            store=store,
+            pairing=pairing,
+            library=library,
+            clock=clock,
+            site=site,
+            owner_addresses=addresses,
+        )
     )
     add_lifecycle(app, _opened(store, site))
+    add_lifecycle(app, pool)
+    add_lifecycle(app, library)
     add_lifecycle(
         app,
         background(
@@ -272,6 +297,7 @@ def _ready(settings: Settings, site: Site, sockets: list[socket.socket]) -> Read
         pairing_urls=tuple(pairing_urls),
         fingerprint=site.fingerprint,
         data_dir=str(settings.data_dir),
+        library=str(settings.library),
     )
 
 

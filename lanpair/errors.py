@@ -11,6 +11,7 @@
      │    └── BodyTooLarge            a request body is over its limit
      ├── NotPaired                    no valid device token (missing, unknown, expired, revoked)
      ├── NotOwner                     an owner-only action from somewhere else
+     ├── InsufficientStorage          the library's disk is (nearly) full
      ├── NotFound                     no such thing
      └── PairingError                 a pairing code cannot be used
           ├── UnknownCode             the code was never issued
@@ -119,6 +120,12 @@ class CrossOrigin(NotOwner):
     """The request came from another site's page and was refused."""
 
     code = "cross_origin"
+
+
+class InsufficientStorage(LanpairError):
+    """The PC's disk is too full to take this upload; free some space on it and try again."""
+
+    code = "insufficient_storage"
 
 
 class NotFound(LanpairError):

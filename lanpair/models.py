@@ -31,6 +31,7 @@ class Device:
     last_seen: datetime | None = None
     last_sync: datetime | None = None
     file_count: int = 0
+    folder: str | None = None
 
     def status_at(self, now: datetime) -> DeviceStatus:
         """Return the status as of ``now`` (a confirmed pairing past its expiry is expired)."""
@@ -111,3 +112,66 @@ class Site:
         if ":" in host:
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}{path}"
+
+
+class Kind(StrEnum):
+    """What a file is, judged from its content."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+    FILE = "file"
+
+
+class ThumbState(StrEnum):
+    """Where a file's thumbnail stands."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    NONE = "none"  # not a picture: the gallery shows an icon
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One file of the library, as the index knows it."""
+
+    id: int
+    relpath: str
+    folder: str
+    device_id: str | None
+    name: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    kind: Kind
+    mime: str
+    width: int | None
+    height: int | None
+    taken_at: datetime
+    duration_s: float | None
+    thumb: ThumbState
+    added_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    """What the library knows of a file it is about to index."""
+
+    relpath: str
+    folder: str
+    device_id: str | None
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    kind: Kind
+    mime: str
+    taken_at: datetime
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    thumb: ThumbState = ThumbState.PENDING
+
+    @property
+    def name(self) -> str:
+        """Return the file's own name (the last part of its path)."""
+        return self.relpath.rsplit("/", 1)[-1]

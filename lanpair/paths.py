@@ -35,6 +35,11 @@ class Paths:
         return self.tls_dir / "cert.pem"
 
     @property
+    def thumbs(self) -> Path:
+        """Return the thumbnail cache (outside the library, so never shown as photos)."""
+        return self.data_dir / "thumbs"
+
+    @property
     def runtime_file(self) -> Path:
         """Return the file a running daemon writes so local commands can reach it."""
         return self.data_dir / "daemon.json"
@@ -43,6 +48,43 @@ class Paths:
         """Create the data directory (private to the user). Blocking."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        self.thumbs.mkdir(mode=0o700, exist_ok=True)
+
+
+INTERNAL_DIR_NAME = ".lanpair"
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPaths:
+    """The library folder and lanpair's own folders inside it (same filesystem, not shown)."""
+
+    root: Path
+
+    @property
+    def internal(self) -> Path:
+        """Return lanpair's folder inside the library; the gallery and the watcher skip it."""
+        return self.root / INTERNAL_DIR_NAME
+
+    @property
+    def staging(self) -> Path:
+        """Return where uploads are written before they are moved into place."""
+        return self.internal / "staging"
+
+    @property
+    def resumable(self) -> Path:
+        """Return where resumable (tus) uploads wait for their remaining bytes."""
+        return self.internal / "tus"
+
+    @property
+    def trash(self) -> Path:
+        """Return where deleted files wait 30 days before they are purged."""
+        return self.internal / "trash"
+
+    def ensure(self) -> None:
+        """Create the library and lanpair's folders in it. Blocking."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.internal, self.staging, self.resumable, self.trash):
+            folder.mkdir(mode=0o700, exist_ok=True)
 
 
 def web_dir() -> Path:

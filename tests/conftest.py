@@ -15,9 +15,10 @@ from aiohttp import web
 from lanpair import tls
 from lanpair.client import SpkiPin
 from lanpair.clock import ManualClock
+from lanpair.library import Library
 from lanpair.netif import LocalAddressSet
 from lanpair.pairing import Pairing
-from lanpair.paths import Paths
+from lanpair.paths import LibraryPaths, Paths
 from lanpair.server import Services, Site, create_app
 from lanpair.store import Store
 
@@ -35,6 +36,7 @@ class Daemon:
     clock: ManualClock
     store: Store
     site: Site
+    library: Library
 
     def session(
         self,
@@ -77,8 +79,14 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
     runners: list[web.AppRunner] = []
     stores: list[Store] = []
     sockets: list[socket.socket] = []
+    libraries: list[Library] = []
 
-    async def start(owner_addresses: Container[str] | None = None) -> Daemon:
+    async def start(
+        owner_addresses: Container[str] | None = None,
+        *,
+        reserve_bytes: int = 0,
+        max_upload_bytes: int = 0,
+    ) -> Daemon:
         clock = ManualClock()
         paths = Paths(tmp_path / f"data{len(stores)}")
         paths.ensure()
@@ -98,9 +106,21 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             fingerprint=cert_info.fingerprint,
         )
         pairing = Pairing(store, clock, pending_ttl_s=PENDING_TTL_S, pairing_ttl_s=PAIRING_TTL_S)
+        library = Library(
+            store,
+            LibraryPaths(paths.data_dir / "library"),
+            clock,
+            thumbs_dir=paths.thumbs,
+            pc_folder="Test PC",
+            reserve_bytes=reserve_bytes,
+            max_upload_bytes=max_upload_bytes,
+        )
+        await library.__aenter__()
+        libraries.append(library)
         services = Services(
             store=store,
             pairing=pairing,
+            library=library,
             clock=clock,
             site=site,
             owner_addresses=owner_addresses if owner_addresses is not None else LocalAddressSet(),
@@ -116,11 +136,14 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             clock=clock,
             store=store,
             site=site,
+            library=library,
         )
 
     yield start
     for runner in runners:
         await runner.cleanup()
+    for library in libraries:
+        await library.__aexit__(None, None, None)
     for store in stores:
         await store.__aexit__(None, None, None)
     for sock in sockets:

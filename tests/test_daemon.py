@@ -300,3 +300,37 @@ def test_revoke_refuses_what_is_not_a_device_id(tmp_path: Path) -> None:
     result = lanpair("revoke", "../generate", data_dir=tmp_path)
     assert result.returncode == 1
     assert "is not a device id" in result.stderr
+
+
+def test_uploads_get_thumbnails_from_the_worker_processes(tmp_path: Path) -> None:
+    """Through the real daemon (worker pool and all), a JPEG upload gets a WebP thumbnail."""
+    import asyncio
+    import io
+
+    import aiohttp
+    from PIL import Image
+
+    from lanpair.client import SpkiPin
+
+    photo = io.BytesIO()
+    Image.new("RGB", (1600, 1200), "teal").save(photo, "JPEG")
+
+    async def go(running: Running, token: str) -> tuple[str, tuple[int, int]]:
+        assert running.fingerprint is not None
+        connector = aiohttp.TCPConnector(ssl=SpkiPin(running.fingerprint))
+        async with aiohttp.ClientSession(
+            connector=connector, headers={"Authorization": f"Bearer {token}"}
+        ) as session:
+            form = aiohttp.FormData()
+            form.add_field("file", photo.getvalue(), filename="teal.jpg")
+            async with session.post(running.url + "/api/upload", data=form) as response:
+                file_id = (await response.json())["files"][0]["id"]
+            async with session.get(running.url + f"/thumbs/{file_id}") as response:
+                return response.content_type, Image.open(io.BytesIO(await response.read())).size
+
+    with serving(tmp_path / "data", tmp_path / "log") as running:
+        device = pair(running)
+        content_type, size = asyncio.run(go(running, device["device_token"]))
+    assert content_type == "image/webp"
+    assert size == (400, 300)
+    assert "no thumbnail" not in (tmp_path / "log").read_text()

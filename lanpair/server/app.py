@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from lanpair.clock import Clock
+from lanpair.library import Library
 from lanpair.models import Site
 from lanpair.pairing import Pairing
 from lanpair.paths import web_dir
-from lanpair.server import api_pairing, pages
+from lanpair.server import api_library, api_pairing, pages
 from lanpair.server.codes import CodeMint
-from lanpair.server.keys import MINT_KEY, SERVICES_KEY
+from lanpair.server.keys import LIBRARY_KEY, MINT_KEY, SERVICES_KEY
 from lanpair.server.middleware import (
     access_of,
     auth_middleware,
@@ -29,6 +30,7 @@ class Services:
 
     store: Store
     pairing: Pairing
+    library: Library
     clock: Clock
     site: Site
     owner_addresses: Container[str]
@@ -39,11 +41,13 @@ def create_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SERVICES_KEY] = services
     app[MINT_KEY] = CodeMint(services.pairing, services.site)
+    app[LIBRARY_KEY] = services.library
     # on_startup runs after every cleanup_ctx has started, so the site is complete by then.
     app.on_startup.append(_prepare_first_code)
     app.on_cleanup.append(_stop_drawing_codes)
     app.on_response_prepare.append(security_headers)
     app.add_routes(api_pairing.routes)
+    app.add_routes(api_library.routes)
     app.add_routes(pages.routes)
     app.router.add_static("/static/", web_dir(), name="static")
     _check_every_route_declares_access(app)

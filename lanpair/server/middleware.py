@@ -42,6 +42,7 @@ ERROR_STATUS: dict[type[errors.LanpairError], int] = {
     errors.BodyTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.TooManyAttempts: 429,
+    errors.InsufficientStorage: 507,
 }
 
 HTTP_CODES = {
@@ -53,6 +54,7 @@ HTTP_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     429: "too_many_attempts",
+    507: "insufficient_storage",
 }
 
 CSP = "; ".join(
@@ -80,11 +82,13 @@ class Access(StrEnum):
     OWNER = "owner"
 
 
-def access(level: Access) -> Callable[[H], H]:
-    """Declare who may call a handler; a route without a declaration is refused."""
+def access(level: Access, *, body: str = "json") -> Callable[[H], H]:
+    """Declare who may call a handler, and the body it takes when it changes state
+    ("json", "multipart" or "any"); a route without a declaration is refused."""
 
     def mark(handler: H) -> H:
         handler.lanpair_access = level  # type: ignore[attr-defined]
+        handler.lanpair_body = body  # type: ignore[attr-defined]
         return handler
 
     return mark
@@ -114,7 +118,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except errors.LanpairError as exc:
         status = _status_of(exc)
-        if status >= 500:
+        if status >= 500 and status != 507:
             log.error("%s %s failed: %s", request.method, request.path, exc)
             return _error(request, 500, "internal", "lanpair hit an internal problem.")
         response = _error(request, status, exc.code, exc.message)
@@ -165,7 +169,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise errors.NotPaired()
     _check_origin(request, state_changing_only=not who.owner)
     if (who.owner or by_cookie) and request.method not in SAFE_METHODS:
-        _require_json(request)
+        _require_body(request, getattr(request.match_info.handler, "lanpair_body", "json"))
     request[CALLER_KEY] = who
     return await handler(request)
 
@@ -225,9 +229,13 @@ def _check_origin(request: web.Request, *, state_changing_only: bool) -> None:
         raise errors.CrossOrigin()
 
 
-def _require_json(request: web.Request) -> None:
-    if request.content_type != "application/json":
-        raise errors.UnsupportedMediaType()
+def _require_body(request: web.Request, kind: str) -> None:
+    """Refuse bodies a cross-site form could send without a CORS preflight (CSRF)."""
+    wanted = {"json": "application/json", "multipart": "multipart/form-data"}.get(kind)
+    if wanted is not None and request.content_type != wanted:
+        raise errors.UnsupportedMediaType(
+            f"This endpoint takes a {wanted} body." if wanted != "application/json" else None
+        )
 
 
 async def read_json(request: web.Request, *, limit: int = JSON_LIMIT_BYTES) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Self, TypeVar
 from lanpair.clock import from_iso, to_iso
 from lanpair.errors import StoreError
 from lanpair.models import Device, DeviceStatus
+from lanpair.store.files import FileTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +59,49 @@ MIGRATIONS: tuple[str, ...] = (
         device_id TEXT,
         client_addr TEXT,
         detail TEXT
+    );
+    """,
+    """
+    ALTER TABLE devices ADD COLUMN folder TEXT;
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: thumbnails are cached by id
+        relpath TEXT NOT NULL UNIQUE,
+        folder TEXT NOT NULL,
+        device_id TEXT,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT,
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'video', 'file')),
+        mime TEXT NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        taken_at TEXT NOT NULL,
+        duration_s REAL,
+        thumb TEXT NOT NULL DEFAULT 'pending',
+        added_at TEXT NOT NULL
+    );
+    CREATE INDEX files_taken ON files (taken_at DESC, id DESC);
+    CREATE INDEX files_device ON files (device_id, taken_at DESC, id DESC);
+    CREATE INDEX files_kind ON files (kind, taken_at DESC, id DESC);
+    CREATE INDEX files_folder ON files (folder);
+    CREATE INDEX files_sha ON files (sha256);
+    UPDATE devices SET file_count = 0;
+    CREATE TRIGGER files_count_add AFTER INSERT ON files WHEN NEW.device_id IS NOT NULL BEGIN
+        UPDATE devices SET file_count = file_count + 1 WHERE device_id = NEW.device_id;
+    END;
+    CREATE TRIGGER files_count_remove AFTER DELETE ON files WHEN OLD.device_id IS NOT NULL BEGIN
+        UPDATE devices SET file_count = file_count - 1 WHERE device_id = OLD.device_id;
+    END;
+    CREATE TABLE trash (
+        id INTEGER PRIMARY KEY,
+        relpath TEXT NOT NULL,
+        trash_name TEXT NOT NULL UNIQUE,
+        device_id TEXT,
+        size INTEGER NOT NULL,
+        sha256 TEXT,
+        deleted_at TEXT NOT NULL,
+        deleted_by TEXT
     );
     """,
 )
@@ -203,9 +247,15 @@ class Store:
                 "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device_id = ?",
                 [(to_iso(now), old) for old in replaced],
             )
+            # The same client paired again keeps its folder (and so its files).
+            folder = conn.execute(
+                """SELECT folder FROM devices WHERE client_device_id = ? AND folder IS NOT NULL
+                   ORDER BY confirmed_at DESC LIMIT 1""",
+                (device.client_device_id,),
+            ).fetchone()
             conn.execute(
                 """INSERT INTO devices (device_id, client_device_id, device_name, token_hash,
-                   status, confirmed_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                   status, confirmed_at, expires_at, folder) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     device.device_id,
                     device.client_device_id,
@@ -214,6 +264,7 @@ class Store:
                     device.status.value,
                     to_iso(device.confirmed_at),
                     to_iso(device.expires_at),
+                    folder[0] if folder else None,
                 ),
             )
             return ConfirmOutcome.CONFIRMED, replaced
@@ -297,6 +348,39 @@ class Store:
         )
         return [dict(row) for row in rows]
 
+    @property
+    def files(self) -> FileTable:
+        """Return the file index."""
+        return FileTable(self)
+
+    async def device_folder(self, device_id: str, propose: Callable[[set[str]], str]) -> str:
+        """Return a device's library folder, giving it ``propose(taken folders)`` the first time."""
+
+        def folder(conn: sqlite3.Connection) -> str:
+            row = conn.execute(
+                "SELECT folder FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"No device {device_id}.")
+            if row[0]:
+                return str(row[0])
+            taken = {
+                r[0] for r in conn.execute("SELECT folder FROM devices WHERE folder IS NOT NULL")
+            }
+            chosen = propose(taken)
+            conn.execute("UPDATE devices SET folder = ? WHERE device_id = ?", (chosen, device_id))
+            return chosen
+
+        return await self.write(folder)
+
+    async def record_sync(self, device_id: str, now: datetime) -> None:
+        """Note that a device just compared its files with the library."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE devices SET last_sync = ? WHERE device_id = ?", (to_iso(now), device_id)
+            )
+        )
+
     # -- plumbing -----------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
@@ -377,4 +461,5 @@ def _device(row: sqlite3.Row) -> Device:
         last_seen=from_iso(row["last_seen"]),
         last_sync=from_iso(row["last_sync"]),
         file_count=int(row["file_count"]),
+        folder=row["folder"] if "folder" in row.keys() else None,  # noqa: SIM118 -- sqlite3.Row
     )

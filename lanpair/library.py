@@ -1,0 +1,504 @@
+"""The library: where uploads land, how they are indexed, and how they are found again.
+
+An upload is written to a temp file in the library's staging folder (same filesystem),
+hashed while it streams, fsynced, and only then linked into place under a name that was
+free, so it is never visible half-written and never replaces another file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import hashlib
+import logging
+import mimetypes
+import os
+import tempfile
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from stat import S_ISREG as stat_is_file
+from typing import Any, Self
+
+from lanpair import media
+from lanpair.clock import Clock
+from lanpair.errors import BadRequest, BodyTooLarge, InsufficientStorage, NotFound
+from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState
+from lanpair.names import UnsafeName, numbered, safe_name
+from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
+from lanpair.store import FileQuery, GalleryPage, Store
+
+log = logging.getLogger(__name__)
+
+WRITE_BLOCK_BYTES = 1 << 20  # gather network chunks into 1 MiB disk writes
+HEAD_BYTES = 64
+MAX_COLLISIONS = 10_000
+SCAN_BATCH = 1000
+
+
+Job = Callable[..., Awaitable[Any]]
+THUMB_PX = 400
+THUMB_QUEUE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The outcome of one upload: the indexed file, and whether it was already there."""
+
+    record: FileRecord
+    duplicate: bool
+
+
+class Library:
+    """Receive, index and hand out the files of one library folder."""
+
+    def __init__(
+        self,
+        store: Store,
+        paths: LibraryPaths,
+        clock: Clock,
+        *,
+        thumbs_dir: Path,
+        pc_folder: str,
+        reserve_bytes: int,
+        max_upload_bytes: int = 0,
+        run_job: Job | None = None,
+        thumb_tasks: int = 2,
+    ) -> None:
+        self._store = store
+        self.paths = paths
+        self._clock = clock
+        self.pc_folder = safe_name(pc_folder)
+        self._reserve = reserve_bytes
+        self._max_upload = max_upload_bytes
+        self._thumbs = Thumbnails(store, paths.root, thumbs_dir, run_job or _in_thread)
+        self._thumb_tasks = thumb_tasks
+        self._queue: asyncio.Queue[FileRecord] = asyncio.Queue(THUMB_QUEUE)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        """Make the library's folders, start drawing thumbnails, and rescan in the background."""
+        await asyncio.to_thread(self.paths.ensure)
+        await asyncio.to_thread(self._thumbs.dir.mkdir, parents=True, exist_ok=True)
+        for n in range(self._thumb_tasks):
+            self._tasks.append(_spawn(self._draw_thumbnails(), f"thumbnails-{n}"))
+        self._tasks.append(_spawn(self._scan_then_fill(), "library-scan"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop scanning and drawing."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def thumbnail(self, record: FileRecord) -> Path | None:
+        """Return a file's thumbnail, drawing it now if it is still missing."""
+        return await self._thumbs.ensure(record)
+
+    def _on_indexed(self, record: FileRecord) -> None:
+        if record.thumb is ThumbState.PENDING:
+            with contextlib.suppress(asyncio.QueueFull):  # on demand later, then
+                self._queue.put_nowait(record)
+
+    async def _draw_thumbnails(self) -> None:
+        while True:
+            record = await self._queue.get()
+            await self._thumbs.ensure(record)
+
+    async def _scan_then_fill(self) -> None:
+        await self.scan()
+        for record in await self._store.files.pending_thumbs():
+            await self._queue.put(record)
+
+    async def folder_of(self, caller: Caller) -> tuple[str, str | None]:
+        """Return the folder a caller uploads into, and the device id its files belong to."""
+        if caller.device is None:
+            return self.pc_folder, None
+        device = caller.device
+        folder = await self._store.device_folder(
+            device.device_id,
+            lambda taken: _device_folder(
+                device.device_name, device.device_id, taken | {self.pc_folder}
+            ),
+        )
+        return folder, device.device_id
+
+    def check_space(self, incoming_bytes: int) -> None:
+        """Raise InsufficientStorage if ``incoming_bytes`` would eat into the reserve. Blocking."""
+        if self._max_upload and incoming_bytes > self._max_upload:
+            raise BodyTooLarge(f"This PC takes files of at most {_size(self._max_upload)}.")
+        if free_bytes(self.paths.root) - incoming_bytes < self._reserve:
+            raise InsufficientStorage()
+
+    async def receive(
+        self,
+        caller: Caller,
+        relparts: tuple[str, ...],
+        chunks: AsyncIterable[bytes],
+        *,
+        modified: float | None = None,
+        size_hint: int | None = None,
+    ) -> Stored:
+        """Stream one file into the caller's folder; index it; return what was stored.
+
+        Raises UnsafeName, BodyTooLarge, InsufficientStorage. Nothing is left behind on failure.
+        """
+        folder, device_id = await self.folder_of(caller)
+        if size_hint is not None:
+            await asyncio.to_thread(self.check_space, size_hint)
+        spool = await asyncio.to_thread(_Spool, self.paths.staging, self._reserve, self._max_upload)
+        try:
+            await _pump(chunks, spool)
+            sha256 = await asyncio.to_thread(spool.finish, modified)
+            return await self._settle(spool, folder, device_id, relparts, sha256)
+        finally:
+            await asyncio.to_thread(spool.discard)
+
+    async def _settle(
+        self,
+        spool: _Spool,
+        folder: str,
+        device_id: str | None,
+        relparts: tuple[str, ...],
+        sha256: str,
+    ) -> Stored:
+        for existing in await self._store.files.by_sha256(sha256):
+            if await asyncio.to_thread(self._still_there, existing):
+                return Stored(existing, duplicate=True)
+        relpath = await asyncio.to_thread(_place, self.paths.root, spool.path, (folder, *relparts))
+        record = await self._index(relpath, folder, device_id, sha256, spool.head)
+        log.info("stored %s (%s, %s)", relpath, record.kind.value, _size(record.size))
+        return Stored(record, duplicate=False)
+
+    async def _index(
+        self, relpath: str, folder: str, device_id: str | None, sha256: str | None, head: bytes
+    ) -> FileRecord:
+        path = self.paths.root / relpath
+        new = await asyncio.to_thread(_describe, path, relpath, folder, device_id, sha256, head)
+        record = await self._store.files.add(new, self._clock.now())
+        self._on_indexed(record)
+        return record
+
+    def _still_there(self, record: FileRecord) -> bool:
+        try:
+            stat = (self.paths.root / record.relpath).lstat()
+        except OSError:
+            return False
+        return stat.st_size == record.size and stat_is_file(stat.st_mode)
+
+    async def page(self, query: FileQuery) -> GalleryPage:
+        """Return one page of the gallery."""
+        return await self._store.files.page(query)
+
+    async def open(self, file_id: int) -> tuple[FileRecord, Path]:
+        """Return a file's record and its path, checked to lie inside the library. Raises
+        NotFound."""
+        record = await self._store.files.get(file_id)
+        if record is None:
+            raise NotFound("There is no file with that id.")
+        path = await asyncio.to_thread(self._checked_path, record)
+        return record, path
+
+    def _checked_path(self, record: FileRecord) -> Path:
+        path = self.paths.root / record.relpath
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.paths.root.resolve()) or not resolved.is_file():
+            raise NotFound("That file is no longer in the library.")
+        return resolved
+
+    async def scan(self) -> ScanReport:
+        """Bring the index in line with the disk: add new files, drop vanished ones."""
+        started = self._clock.now()
+        indexed = await self._store.files.stats()
+        on_disk = await asyncio.to_thread(_walk, self.paths.root)
+        folders = await self._device_folders()
+        gone = [stat.id for relpath, stat in indexed.items() if relpath not in on_disk]
+        changed = [
+            relpath
+            for relpath, (size, mtime_ns) in on_disk.items()
+            if relpath not in indexed
+            or (indexed[relpath].size, indexed[relpath].mtime_ns) != (size, mtime_ns)
+        ]
+        removed = await self._store.files.remove(gone) if gone else 0
+        for relpath in changed:
+            folder = relpath.split("/", 1)[0]
+            try:
+                head = await asyncio.to_thread(_read_head, self.paths.root / relpath)
+                await self._index(relpath, folder, folders.get(folder), None, head)
+            except OSError as exc:
+                log.warning("could not index %s: %s", relpath, exc.strerror)
+        report = ScanReport(len(on_disk), len(changed), removed, self._clock.now() - started)
+        log.info(
+            "library scan: %d files, %d new or changed, %d gone (%.1fs)",
+            report.files,
+            report.added,
+            report.removed,
+            report.took.total_seconds(),
+        )
+        return report
+
+    async def _device_folders(self) -> dict[str, str]:
+        devices = await self._store.devices()
+        return {d.folder: d.device_id for d in devices if d.folder}
+
+
+class Thumbnails:
+    """Draw each picture's thumbnail once, in the worker pool, into the thumbnail cache."""
+
+    def __init__(self, store: Store, root: Path, thumbs_dir: Path, run_job: Job) -> None:
+        self._store = store
+        self._root = root
+        self.dir = thumbs_dir
+        self._run = run_job
+        self._drawing: dict[int, asyncio.Future[Path | None]] = {}
+
+    def path_for(self, record: FileRecord) -> Path:
+        """Return where a file's thumbnail is cached."""
+        return self.dir / f"{record.id % 256:02x}" / f"{record.id}.webp"
+
+    async def ensure(self, record: FileRecord) -> Path | None:
+        """Return the thumbnail's path, drawing it first if needed; None if there is none."""
+        if record.thumb is ThumbState.NONE or record.thumb is ThumbState.FAILED:
+            return None
+        path = self.path_for(record)
+        if record.thumb is ThumbState.READY and await asyncio.to_thread(path.is_file):
+            return path
+        if record.id not in self._drawing:
+            self._drawing[record.id] = asyncio.ensure_future(self._draw(record, path))
+            self._drawing[record.id].add_done_callback(lambda _f: self._drawing.pop(record.id))
+        return await asyncio.shield(self._drawing[record.id])
+
+    async def _draw(self, record: FileRecord, path: Path) -> Path | None:
+        source = self._root / record.relpath
+        await asyncio.to_thread(path.parent.mkdir, exist_ok=True)
+        try:
+            draw = media.video_poster if record.kind is Kind.VIDEO else media.make_thumbnail
+            drawn = await self._run(functools.partial(draw, px=THUMB_PX), source, path)
+        except Exception as exc:  # a hostile file must cost one log line, nothing more
+            log.warning("no thumbnail for %s: %s", record.relpath, exc)
+            drawn = None
+        state = ThumbState.READY if drawn else ThumbState.FAILED
+        await self._store.files.set_thumb(record.id, state)
+        return path if drawn else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    """What a rescan found."""
+
+    files: int
+    added: int
+    removed: int
+    took: timedelta
+
+
+class _Spool:
+    """The temp file an upload streams into. Every method is blocking."""
+
+    def __init__(self, staging: Path, reserve_bytes: int, max_bytes: int) -> None:
+        fd, name = tempfile.mkstemp(dir=staging, prefix="upload-", suffix=".part")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._hash = hashlib.sha256()
+        self._reserve = reserve_bytes
+        self._max = max_bytes
+        self.size = 0
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        """Append, hash, and stop if the disk fills or the file grows past its limit."""
+        if self._max and self.size + len(data) > self._max:
+            raise BodyTooLarge(f"This PC takes files of at most {_size(self._max)}.")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage() from exc
+            raise
+        self._hash.update(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self.size += len(data)
+        if free_bytes(self.path.parent) < self._reserve:
+            raise InsufficientStorage()
+
+    def finish(self, modified: float | None) -> str:
+        """Make the bytes durable, stamp the original date; return the SHA-256 (hex)."""
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if modified is not None:
+            os.utime(self.path, (modified, modified))
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Close and delete the temp file (after a link it is only a second name)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_log_death)
+    return task
+
+
+def _log_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
+async def _pump(chunks: AsyncIterable[bytes], spool: _Spool) -> None:
+    """Copy network chunks to disk in 1 MiB writes, one write in flight while reading on."""
+    pending: asyncio.Future[None] | None = None
+    block = bytearray()
+    try:
+        async for chunk in chunks:
+            block += chunk
+            if len(block) >= WRITE_BLOCK_BYTES:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(spool.write, bytes(block)))
+                block.clear()
+        if pending is not None:
+            await pending
+            pending = None
+        if block:
+            await asyncio.to_thread(spool.write, bytes(block))
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
+def _place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
+    """Link ``temp`` into ``root/parts`` under the first free name; return its relpath.
+
+    Folders are walked with O_NOFOLLOW, so a symlink in the library never leads a write
+    out of it. Blocking.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in parts[:-1]:
+            child = _enter(fd, folder)
+            os.close(fd)
+            fd = child
+        for n in range(MAX_COLLISIONS):
+            name = parts[-1] if n == 0 else numbered(parts[-1], n)
+            try:
+                os.link(temp, name, dst_dir_fd=fd)
+            except FileExistsError:
+                continue
+            os.fsync(fd)
+            return "/".join((*parts[:-1], name))
+    finally:
+        os.close(fd)
+    raise BadRequest(f"Too many files are named {parts[-1]!r} in that folder.")
+
+
+def _enter(parent_fd: int, name: str) -> int:
+    """Open (creating if needed) the folder ``name`` under ``parent_fd``; never a symlink."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except OSError as exc:
+        raise UnsafeName(
+            f"{name!r} in the library is not a folder lanpair may write into."
+        ) from exc
+
+
+def _describe(
+    path: Path, relpath: str, folder: str, device_id: str | None, sha256: str | None, head: bytes
+) -> NewFile:
+    """Say what a file is from its content: kind, type, size, date, dimensions. Blocking."""
+    stat = path.lstat()
+    sniffed = media.sniff(head, path.name)
+    kind = Kind(sniffed.kind)
+    taken = datetime.fromtimestamp(stat.st_mtime, UTC)
+    width = height = None
+    if kind is Kind.IMAGE:
+        try:
+            info = media.probe_image(path)
+            width, height, taken = info.width, info.height, info.taken_at or taken
+        except media.MediaError as exc:
+            log.warning("cannot read %s as an image: %s", relpath, exc)
+    return NewFile(
+        relpath=relpath,
+        folder=folder,
+        device_id=device_id,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        sha256=sha256,
+        kind=kind,
+        mime=sniffed.mime or mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+        taken_at=taken,
+        width=width,
+        height=height,
+        thumb=ThumbState.PENDING if kind is not Kind.FILE else ThumbState.NONE,
+    )
+
+
+def _walk(root: Path) -> dict[str, tuple[int, int]]:
+    """Return every regular file under ``root``, skipping symlinks and lanpair's folder.
+
+    Files directly in the root belong to no folder and are left out. Blocking.
+    """
+    found: dict[str, tuple[int, int]] = {}
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        try:
+            entries = os.scandir(root / prefix if prefix else root)
+        except OSError as exc:
+            log.warning("cannot read folder %s: %s", prefix or root, exc.strerror)
+            continue
+        with entries:
+            for entry in entries:
+                relpath = f"{prefix}/{entry.name}" if prefix else entry.name
+                if entry.is_symlink() or (not prefix and entry.name == INTERNAL_DIR_NAME):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(relpath)
+                elif entry.is_file(follow_symlinks=False) and prefix:
+                    stat = entry.stat(follow_symlinks=False)
+                    found[relpath] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def _read_head(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(HEAD_BYTES)
+
+
+def _device_folder(device_name: str, device_id: str, taken: set[str]) -> str:
+    base = safe_name(f"{device_name} ({device_id.removeprefix('dev_')[:4]})")
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = numbered(base, n)
+    return name
+
+
+def free_bytes(path: Path) -> int:
+    """Return the bytes an unprivileged user may still write on ``path``'s filesystem."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

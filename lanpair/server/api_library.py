@@ -1,0 +1,285 @@
+"""Uploads, the gallery, sync manifests and downloads: /api/upload, /api/gallery, /files…"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from email.message import Message
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import BodyPartReader, hdrs, web
+
+from lanpair import errors
+from lanpair.clock import from_iso, to_iso
+from lanpair.library import Library
+from lanpair.models import FileRecord, Kind, ThumbState
+from lanpair.names import UnsafeName, safe_relpath
+from lanpair.paths import web_dir
+from lanpair.server.keys import LIBRARY_KEY, SERVICES_KEY
+from lanpair.server.middleware import Access, access, caller, json_response
+from lanpair.store import FileQuery
+
+routes = web.RouteTableDef()
+
+READ_CHUNK_BYTES = 256 * 1024
+SYNC_LIMIT_BYTES = 8 << 20
+PC_DEVICE = "pc"
+PLACEHOLDERS = {
+    Kind.IMAGE: "placeholder-image.svg",
+    Kind.VIDEO: "placeholder-video.svg",
+    Kind.FILE: "placeholder-file.svg",
+}
+
+
+@routes.post("/api/upload")
+@routes.post("/api/storage/upload/{token}")
+@access(Access.DEVICE, body="multipart")
+async def upload(request: web.Request) -> web.Response:
+    """Store every file of a multipart upload in the caller's folder."""
+    library = request.app[LIBRARY_KEY]
+    if request.content_length is not None:
+        await asyncio.to_thread(library.check_space, request.content_length)
+    reader = await request.multipart()
+    results: list[dict[str, Any]] = []
+    modified: float | None = None
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise errors.BadRequest("Nested multipart bodies are not accepted.")
+        raw_name = _raw_filename(part)
+        if raw_name is None:
+            if part.name == "modified":
+                modified = _modified(await part.text())
+            continue
+        results.append(await _receive(library, request, part, raw_name, modified))
+        modified = None
+    if not results:
+        raise errors.BadRequest("The upload holds no files.")
+    refused = all(not r["ok"] for r in results)
+    return json_response({"files": results}, status=400 if refused else 200)
+
+
+async def _receive(
+    library: Library,
+    request: web.Request,
+    part: BodyPartReader,
+    raw_name: str,
+    modified: float | None,
+) -> dict[str, Any]:
+    try:
+        name = safe_relpath(raw_name)[-1]  # browser uploads keep the base name only
+        stored = await library.receive(caller(request), (name,), _chunks(part), modified=modified)
+    except (UnsafeName, errors.BadRequest) as exc:
+        if isinstance(exc, errors.BodyTooLarge):
+            raise
+        return {"name": raw_name, "ok": False, "error": exc.code, "message": exc.message}
+    record = stored.record
+    return {
+        "name": raw_name,
+        "ok": True,
+        "stored_as": record.relpath,
+        "size": record.size,
+        "sha256": record.sha256,
+        "type": record.kind.value,
+        "duplicate": stored.duplicate,
+        "id": record.id,
+        "item": gallery_item(record),
+    }
+
+
+@routes.get("/api/gallery")
+@routes.get("/api/gallery/{token}")
+@access(Access.DEVICE)
+async def gallery(request: web.Request) -> web.Response:
+    """List files newest first, a page at a time."""
+    page = await request.app[LIBRARY_KEY].page(_query(request))
+    return json_response(
+        {"items": [gallery_item(r) for r in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+@routes.post("/api/sync")
+@routes.post("/api/sync/{token}")
+@access(Access.DEVICE)
+async def sync(request: web.Request) -> web.Response:
+    """Compare a device's list of files with the library: which does the PC lack?"""
+    services = request.app[SERVICES_KEY]
+    library = request.app[LIBRARY_KEY]
+    body = await _read_manifest(request)
+    entries = [_manifest_entry(e) for e in body]
+    folder, device_id = await library.folder_of(caller(request))
+    have_named, have_hashes = await services.store.files.present(
+        folder,
+        [(e["name"], e["size"]) for e in entries],
+        [e["sha256"] for e in entries if e.get("sha256")],
+    )
+    present: list[str] = []
+    missing: list[str] = []
+    for e in entries:
+        have = (e["name"], e["size"]) in have_named or e["sha256"] in have_hashes
+        (present if have else missing).append(e["original"])
+    if device_id is not None:
+        await services.store.record_sync(device_id, services.clock.now())
+    return json_response({"missing": missing, "present": present})
+
+
+@routes.get("/files/{id}")
+@access(Access.DEVICE)
+async def download(request: web.Request) -> web.StreamResponse:
+    """Send a file's original bytes (Range, ETag and Last-Modified included)."""
+    record, path = await request.app[LIBRARY_KEY].open(_file_id(request))
+    response = web.FileResponse(path, chunk_size=READ_CHUNK_BYTES)
+    inline = record.kind is not Kind.FILE
+    response.content_type = record.mime if inline else "application/octet-stream"
+    disposition = "inline" if inline else "attachment"
+    response.headers[hdrs.CONTENT_DISPOSITION] = (
+        f"{disposition}; filename*=UTF-8''{quote(record.name, safe='')}"
+    )
+    # Whatever the file holds, it never runs script in lanpair's origin.
+    response.headers["Content-Security-Policy"] = (
+        "sandbox; default-src 'none'; img-src 'self'; media-src 'self'"
+    )
+    response.headers[hdrs.CACHE_CONTROL] = "private, no-cache"
+    return response
+
+
+@routes.get("/thumbs/{id}")
+@access(Access.DEVICE)
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    """Send a file's thumbnail, drawing it now if needed; a placeholder if there is none."""
+    library = request.app[LIBRARY_KEY]
+    record, _ = await library.open(_file_id(request))
+    path = await library.thumbnail(record)
+    if path is None:
+        response = web.FileResponse(web_dir() / PLACEHOLDERS[record.kind])
+        response.headers[hdrs.CACHE_CONTROL] = "no-cache"
+        return response
+    response = web.FileResponse(path)
+    response.content_type = "image/webp"
+    response.headers[hdrs.CACHE_CONTROL] = "private, max-age=86400"
+    return response
+
+
+def gallery_item(record: FileRecord) -> dict[str, Any]:
+    """Return a file as every part of lanpair shows it (DESIGN.md's gallery item)."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "type": record.kind.value,
+        "mime": record.mime,
+        "path": f"/files/{record.id}",
+        "thumb": f"/thumbs/{record.id}" if record.thumb is not ThumbState.NONE else None,
+        "size": record.size,
+        "taken_at": to_iso(record.taken_at),
+        "width": record.width,
+        "height": record.height,
+        "device": record.device_id or PC_DEVICE,
+        "folder": record.folder,
+    }
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(READ_CHUNK_BYTES):
+        yield chunk
+
+
+def _raw_filename(part: BodyPartReader) -> str | None:
+    """Return the file name exactly as the client sent it.
+
+    aiohttp's own parser strips leading slashes, which would hide an absolute path that
+    must be refused; the standard library's keeps them (and reads RFC 2231 names too).
+    """
+    header = part.headers.get(hdrs.CONTENT_DISPOSITION)
+    if header is None:
+        return None
+    message = Message()
+    message[hdrs.CONTENT_DISPOSITION] = header
+    name = message.get_filename()
+    return None if name is None else str(name)
+
+
+def _modified(text: str) -> float | None:
+    """Read a File.lastModified value (milliseconds since 1970)."""
+    try:
+        value = float(text) / 1000
+    except ValueError:
+        return None
+    return value if 0 < value < 32503680000 else None
+
+
+def _file_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not text.isdigit() or len(text) > 18:
+        raise errors.NotFound("There is no file with that id.")
+    return int(text)
+
+
+def _query(request: web.Request) -> FileQuery:
+    params = request.query
+    try:
+        limit = int(params.get("limit", "100"))
+    except ValueError:
+        raise errors.BadRequest("limit must be a number from 1 to 500.") from None
+    if not 1 <= limit <= 500:
+        raise errors.BadRequest("limit must be a number from 1 to 500.")
+    kind = params.get("kind")
+    if kind is not None and kind not in {k.value for k in Kind}:
+        raise errors.BadRequest("kind must be image, video or file.")
+    device = params.get("device")
+    return FileQuery(
+        limit=limit,
+        cursor=params.get("cursor") or None,
+        device_id=("" if device == PC_DEVICE else device) if device else None,
+        kind=Kind(kind) if kind else None,
+        taken_from=_date(params.get("from"), "from"),
+        taken_to=_date(params.get("to"), "to"),
+        name_contains=params.get("q") or None,
+    )
+
+
+def _date(text: str | None, name: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return from_iso(text)
+    except ValueError:
+        raise errors.BadRequest(f"{name} must be an ISO 8601 date, like 2026-07-01.") from None
+
+
+async def _read_manifest(request: web.Request) -> list[Any]:
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMediaType()
+    if request.content_length is not None and request.content_length > SYNC_LIMIT_BYTES:
+        raise errors.BodyTooLarge("A sync manifest may be at most 8 MiB.")
+    raw = await request.content.read(SYNC_LIMIT_BYTES + 1)
+    if len(raw) > SYNC_LIMIT_BYTES:
+        raise errors.BodyTooLarge("A sync manifest may be at most 8 MiB.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise errors.BadRequest("The manifest is not valid JSON.") from None
+    if isinstance(body, dict):
+        body = body.get("files")
+    if not isinstance(body, list):
+        raise errors.BadRequest("The manifest must be a list of {name, size, modified, sha256}.")
+    return body
+
+
+def _manifest_entry(entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise errors.BadRequest("Each manifest entry needs a name.")
+    size = entry.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise errors.BadRequest(f"The size of {entry['name']!r} must be a whole number of bytes.")
+    sha = entry.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+        raise errors.BadRequest(f"The sha256 of {entry['name']!r} must be 64 hex digits.")
+    name = safe_relpath(entry["name"])[-1]
+    return {
+        "name": name,
+        "size": size,
+        "sha256": sha.lower() if sha else None,
+        "original": entry["name"],
+    }

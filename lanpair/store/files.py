@@ -1,0 +1,287 @@
+"""The file index: one row per file of the library, newest first by when it was taken."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from lanpair.clock import from_iso, to_iso
+from lanpair.errors import BadRequest, StoreError
+from lanpair.models import FileRecord, Kind, NewFile, ThumbState
+
+if TYPE_CHECKING:
+    from lanpair.store.database import Store
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FileQuery:
+    """Which files a gallery page shows."""
+
+    limit: int = 100
+    cursor: str | None = None
+    device_id: str | None = None
+    kind: Kind | None = None
+    taken_from: datetime | None = None
+    taken_to: datetime | None = None
+    name_contains: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GalleryPage:
+    """One page of files and the cursor of the next (None on the last page)."""
+
+    items: list[FileRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What a rescan compares: a file's id, size and modification time."""
+
+    id: int
+    size: int
+    mtime_ns: int
+
+
+class FileTable:
+    """Reads and writes of the ``files`` table, through the store's threads."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def add(self, new: NewFile, now: datetime) -> FileRecord:
+        """Index a file (replacing what was indexed at its path); return its record."""
+
+        def add(conn: sqlite3.Connection) -> FileRecord:
+            conn.execute("DELETE FROM files WHERE relpath = ?", (new.relpath,))
+            cursor = conn.execute(
+                """INSERT INTO files (relpath, folder, device_id, name, size, mtime_ns, sha256,
+                   kind, mime, width, height, taken_at, duration_s, thumb, added_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    new.relpath,
+                    new.folder,
+                    new.device_id,
+                    new.name,
+                    new.size,
+                    new.mtime_ns,
+                    new.sha256,
+                    new.kind.value,
+                    new.mime,
+                    new.width,
+                    new.height,
+                    to_iso(new.taken_at),
+                    new.duration_s,
+                    new.thumb.value,
+                    to_iso(now),
+                ),
+            )
+            return _record(_one(conn, cursor.lastrowid))
+
+        return await self._store.write(add)
+
+    async def get(self, file_id: int) -> FileRecord | None:
+        """Return one file by id."""
+        return await self._store.read(lambda c: _maybe(c, "id = ?", (file_id,)))
+
+    async def by_sha256(self, sha256: str) -> list[FileRecord]:
+        """Return the files with this content."""
+        rows = await self._store.read(
+            lambda c: c.execute("SELECT * FROM files WHERE sha256 = ?", (sha256,)).fetchall()
+        )
+        return [_record(row) for row in rows]
+
+    async def by_relpath(self, relpath: str) -> FileRecord | None:
+        """Return the file indexed at a path."""
+        return await self._store.read(lambda c: _maybe(c, "relpath = ?", (relpath,)))
+
+    async def present(
+        self, folder: str, names_sizes: Iterable[tuple[str, int]], sha256s: Iterable[str]
+    ) -> tuple[set[tuple[str, int]], set[str]]:
+        """Return which (name, size) pairs exist in ``folder`` and which hashes anywhere."""
+        wanted = list(names_sizes)
+        hashes = list(sha256s)
+
+        def present(conn: sqlite3.Connection) -> tuple[set[tuple[str, int]], set[str]]:
+            in_folder = {
+                (row[0], row[1])
+                for row in conn.execute("SELECT name, size FROM files WHERE folder = ?", (folder,))
+            }
+            known = set()
+            for start in range(0, len(hashes), 500):
+                chunk = hashes[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                known |= {
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT sha256 FROM files WHERE sha256 IN ({marks})",  # noqa: S608
+                        chunk,
+                    )
+                }
+            return {pair for pair in wanted if pair in in_folder}, known
+
+        return await self._store.read(present)
+
+    async def page(self, query: FileQuery) -> GalleryPage:
+        """Return one page of files, newest taken first (keyset pagination, never OFFSET)."""
+        limit = max(1, min(query.limit, MAX_PAGE))
+        where, params = _filters(query)
+        sql = (
+            "SELECT * FROM files"  # noqa: S608 -- fixed clauses; every value is a parameter
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY taken_at DESC, id DESC LIMIT ?"
+        )
+        rows = await self._store.read(lambda c: c.execute(sql, [*params, limit + 1]).fetchall())
+        items = [_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return GalleryPage(items, encode_cursor(items[-1]) if more and items else None)
+
+    async def pending_thumbs(self) -> list[FileRecord]:
+        """Return the files whose thumbnail is still to be drawn, newest first."""
+        rows = await self._store.read(
+            lambda c: c.execute(
+                "SELECT * FROM files WHERE thumb = 'pending' ORDER BY taken_at DESC, id DESC"
+            ).fetchall()
+        )
+        return [_record(row) for row in rows]
+
+    async def stats(self) -> dict[str, FileStat]:
+        """Return every indexed path with its id, size and mtime, for a rescan."""
+        rows = await self._store.read(
+            lambda c: c.execute("SELECT relpath, id, size, mtime_ns FROM files").fetchall()
+        )
+        return {row[0]: FileStat(row[1], row[2], row[3]) for row in rows}
+
+    async def remove(self, file_ids: Iterable[int]) -> int:
+        """Drop files from the index; return how many were there."""
+        ids = [(i,) for i in file_ids]
+        cursor = await self._store.write(
+            lambda c: c.executemany("DELETE FROM files WHERE id = ?", ids)
+        )
+        return int(cursor.rowcount)
+
+    async def move(self, file_id: int, relpath: str, folder: str) -> FileRecord:
+        """Record that a file now lives at ``relpath``."""
+
+        def move(conn: sqlite3.Connection) -> FileRecord:
+            conn.execute(
+                "UPDATE files SET relpath = ?, folder = ?, name = ? WHERE id = ?",
+                (relpath, folder, relpath.rsplit("/", 1)[-1], file_id),
+            )
+            return _record(_one(conn, file_id))
+
+        return await self._store.write(move)
+
+    async def set_thumb(self, file_id: int, state: ThumbState) -> None:
+        """Record where a file's thumbnail stands."""
+        await self._store.write(
+            lambda c: c.execute("UPDATE files SET thumb = ? WHERE id = ?", (state.value, file_id))
+        )
+
+    async def set_media(
+        self,
+        file_id: int,
+        *,
+        width: int | None,
+        height: int | None,
+        taken_at: datetime | None,
+        duration_s: float | None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record what probing a file's content found."""
+        await self._store.write(
+            lambda c: c.execute(
+                """UPDATE files SET width = ?, height = ?, duration_s = ?,
+                   taken_at = coalesce(?, taken_at), sha256 = coalesce(?, sha256)
+                   WHERE id = ?""",
+                (width, height, duration_s, to_iso(taken_at), sha256, file_id),
+            )
+        )
+
+
+def encode_cursor(record: FileRecord) -> str:
+    """Return the opaque cursor that continues after ``record``."""
+    raw = json.dumps([to_iso(record.taken_at), record.id]).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    """Read a cursor made by encode_cursor. Raises BadRequest."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        taken, file_id = json.loads(raw)
+        if not isinstance(taken, str) or not isinstance(file_id, int):
+            raise TypeError(cursor)
+        from_iso(taken)
+    except (ValueError, TypeError):
+        raise BadRequest("The cursor is not one this server gave out.") from None
+    return taken, file_id
+
+
+def _filters(query: FileQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if query.cursor:
+        taken, file_id = decode_cursor(query.cursor)
+        where.append("(taken_at, id) < (?, ?)")
+        params += [taken, file_id]
+    if query.device_id is not None:
+        where.append("device_id IS ?" if query.device_id == "" else "device_id = ?")
+        params.append(None if query.device_id == "" else query.device_id)
+    if query.kind is not None:
+        where.append("kind = ?")
+        params.append(query.kind.value)
+    if query.taken_from is not None:
+        where.append("taken_at >= ?")
+        params.append(to_iso(query.taken_from))
+    if query.taken_to is not None:
+        where.append("taken_at < ?")
+        params.append(to_iso(query.taken_to))
+    if query.name_contains:
+        escaped = query.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append("name LIKE ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    return where, params
+
+
+def _one(conn: sqlite3.Connection, file_id: int | None) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+    if row is None:
+        raise StoreError(f"File {file_id} vanished from the index.")
+    return row  # type: ignore[no-any-return]
+
+
+def _maybe(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> FileRecord | None:
+    row = conn.execute(f"SELECT * FROM files WHERE {where}", params).fetchone()  # noqa: S608
+    return _record(row) if row else None
+
+
+def _record(row: sqlite3.Row) -> FileRecord:
+    taken, added = from_iso(row["taken_at"]), from_iso(row["added_at"])
+    if taken is None or added is None:
+        raise StoreError(f"File {row['id']} has no times.")
+    return FileRecord(
+        id=row["id"],
+        relpath=row["relpath"],
+        folder=row["folder"],
+        device_id=row["device_id"],
+        name=row["name"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        sha256=row["sha256"],
+        kind=Kind(row["kind"]),
+        mime=row["mime"],
+        width=row["width"],
+        height=row["height"],
+        taken_at=taken,
+        duration_s=row["duration_s"],
+        thumb=ThumbState(row["thumb"]),
+        added_at=added,
+    )

@@ -1,0 +1,383 @@
+"""A small pool of worker processes for CPU-heavy jobs on untrusted input (thumbnails).
+
+Workers come from the ``spawn`` context, so starting one is safe after threads exist.
+Each worker talks to the pool over its own socket pair: a length-prefixed pickle per
+message, read on the event loop without ever blocking it. A worker that hangs past the
+timeout is killed, one that dies is reaped, and either is replaced; the other workers
+keep going. A worker never outlives the process that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BufferedReader
+from multiprocessing.process import BaseProcess
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+from lanpair.errors import LanpairError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+START_TIMEOUT_S = 10.0  # a fresh interpreter on a slow, busy machine
+STOP_GRACE_S = 2.0
+RESTART_RETRY_S = 1.0
+_HEADER = struct.Struct("!Q")  # payload length; an empty payload is "ready" or "stop"
+
+
+class WorkerError(LanpairError):
+    """A background worker could not finish a job."""
+
+    code = "worker"
+
+
+class WorkerTimeout(WorkerError):
+    """A background worker took too long on a job and was stopped."""
+
+    code = "worker_timeout"
+
+
+class WorkerCrashed(WorkerError):
+    """A background worker crashed on a job."""
+
+    code = "worker_crashed"
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    sock: socket.socket  # non-blocking, read and written only on the event loop
+    pid: int
+
+
+class WorkerPool:
+    """Worker processes: open with ``async with``; ``run`` sends a job to an idle one.
+
+    A ``run`` whose caller is cancelled kills its worker at once and starts a fresh one in
+    the background: a job on hostile input is not worth finishing for nobody, and a killed
+    worker cannot be left half-way through a message. The timeout counts from the moment
+    the job reaches a worker, not the time spent waiting for one.
+    """
+
+    def __init__(self, size: int, *, timeout_s: float = 30.0, name: str = "lanpair-worker") -> None:
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least one worker, not {size}")
+        self.size = size
+        self.timeout_s = timeout_s
+        self.name = name
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: set[_Worker] = set()
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._started = 0
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Return the process ids of the live workers, sorted."""
+        return tuple(sorted(worker.pid for worker in self._workers))
+
+    async def __aenter__(self) -> Self:
+        """Start every worker and wait until each is ready for jobs."""
+        started = await asyncio.gather(
+            *(asyncio.to_thread(self._start_worker, self._next_name()) for _ in range(self.size)),
+            return_exceptions=True,
+        )
+        workers = [worker for worker in started if isinstance(worker, _Worker)]
+        if len(workers) < self.size:
+            await asyncio.to_thread(_stop_processes, [worker.process for worker in workers])
+            for worker in workers:
+                worker.sock.close()
+            raise next(error for error in started if isinstance(error, BaseException))
+        for worker in workers:
+            self._workers.add(worker)
+            self._idle.put_nowait(worker)
+        log.debug("started %d worker processes: %s", self.size, self.pids)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop every worker: idle ones are asked to exit, busy ones are killed."""
+        self._closing.set()
+        await asyncio.gather(*self._tasks)
+        idle = set()
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            if worker is not None:
+                idle.add(worker)
+        self._idle.put_nowait(None)  # wakes every waiting run(), which then fails
+        for worker in idle:
+            with contextlib.suppress(OSError):
+                worker.sock.send(_HEADER.pack(0))
+        for worker in self._workers - idle:
+            # Its run() sees the end of the connection and closes the socket itself.
+            worker.process.kill()
+        await asyncio.to_thread(_stop_processes, [worker.process for worker in self._workers])
+        for worker in idle:
+            worker.sock.close()
+        self._workers.clear()
+        log.debug("stopped the worker processes")
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(*args)`` in a worker and return its result or raise its exception.
+
+        ``func`` must be a top-level function, and ``args`` and the result picklable.
+        """
+        if not self._workers and not self._tasks and not self._closing.is_set():
+            raise RuntimeError("start the worker pool with `async with` before running jobs")
+        name = _describe(func)
+        request = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
+        worker = await self._acquire()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await loop.sock_sendall(worker.sock, _HEADER.pack(len(request)) + request)
+                reply = await _recv_frame(loop, worker.sock)
+        except TimeoutError:
+            self._give_up(worker)
+            await asyncio.shield(
+                self._replace_soon(worker, f"{name} ran for over {self.timeout_s:g} s")
+            )
+            raise WorkerTimeout(f"{name} did not finish within {self.timeout_s:g} s.") from None
+        except (EOFError, OSError):
+            self._give_up(worker)
+            await asyncio.shield(self._replace_soon(worker, f"{name} crashed its worker"))
+            raise WorkerCrashed(f"{name} crashed its worker process.") from None
+        except BaseException:
+            self._give_up(worker)
+            if not self._closing.is_set():
+                log.debug("a caller of %s went away; replacing its worker %d", name, worker.pid)
+                self._replace_soon(worker, None)
+            raise
+        self._release(worker)
+        return cast("T", _unpack_reply(reply, name))
+
+    async def _acquire(self) -> _Worker:
+        """Wait for an idle, live worker."""
+        while True:
+            worker = await self._idle.get()
+            if worker is None or self._closing.is_set():
+                self._idle.put_nowait(worker)
+                raise WorkerError("The worker pool has stopped.")
+            if worker.process.is_alive():
+                return worker
+            await asyncio.shield(self._replace_soon(worker, "an idle worker died"))
+
+    def _release(self, worker: _Worker) -> None:
+        if self._closing.is_set():
+            worker.sock.close()  # the pool is stopping and reaps the process
+        else:
+            self._idle.put_nowait(worker)
+
+    def _give_up(self, worker: _Worker) -> None:
+        """Kill a worker whose job failed, at once, so it frees its CPU."""
+        if self._closing.is_set():
+            worker.sock.close()  # the stopping pool kills and reaps the process
+        else:
+            worker.process.kill()
+
+    def _replace_soon(self, old: _Worker, reason: str | None) -> asyncio.Task[None]:
+        """Reap ``old`` and start a worker in its place, in a named background task."""
+        if self._closing.is_set():
+            raise WorkerError("The worker pool has stopped.")
+        self._workers.discard(old)
+        task = asyncio.create_task(
+            self._replace(old, reason), name=f"{self.name}-replace-{old.pid}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    async def _replace(self, old: _Worker, reason: str | None) -> None:
+        old.process.kill()
+        old.sock.close()
+        await asyncio.to_thread(old.process.join)
+        if reason is not None:
+            log.warning(
+                "%s: worker %d ended with exit code %s; starting another",
+                reason,
+                old.pid,
+                old.process.exitcode,
+            )
+        old.process.close()
+        while not self._closing.is_set():
+            try:
+                new = await asyncio.to_thread(self._start_worker, self._next_name())
+            except Exception:
+                log.exception("could not start a worker process; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), RESTART_RETRY_S)
+                continue
+            self._workers.add(new)
+            self._idle.put_nowait(new)
+            return
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+    def _next_name(self) -> str:
+        self._started += 1
+        return f"{self.name}-{self._started}"
+
+    def _start_worker(self, name: str) -> _Worker:
+        """Start one worker process and wait for its hello. Blocking."""
+        ours, theirs = socket.socketpair()
+        process = self._context.Process(target=_worker_main, args=(theirs,), name=name, daemon=True)
+        try:
+            try:
+                process.start()
+            finally:
+                theirs.close()
+            ours.settimeout(START_TIMEOUT_S)
+            try:
+                with ours.makefile("rb") as incoming:
+                    hello = _read_frame(incoming)
+            except OSError:
+                hello = None
+            if hello != b"" or process.pid is None:
+                raise WorkerError(f"The worker process {name} did not start.")
+            ours.setblocking(False)
+            return _Worker(process, ours, process.pid)
+        except BaseException:
+            ours.close()
+            _stop_processes([process])
+            raise
+
+
+def _stop_processes(processes: list[BaseProcess]) -> None:
+    """Wait briefly for processes to exit, kill the rest, reap all. Blocking."""
+    started = [process for process in processes if process.ident is not None]
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in started:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in started:
+        if process.is_alive():
+            log.warning("worker %s did not stop; killing it", process.pid)
+            process.kill()
+        process.join()
+    for process in processes:
+        process.close()
+
+
+async def _recv_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytearray:
+    header = await _recv_exactly(loop, sock, _HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    return await _recv_exactly(loop, sock, size)
+
+
+async def _recv_exactly(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int
+) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = await loop.sock_recv_into(sock, view[received:])
+        if count == 0:
+            raise EOFError("the worker closed its connection")
+        received += count
+    return buffer
+
+
+def _unpack_reply(reply: bytearray, name: str) -> Any:
+    try:
+        status, value, detail = pickle.loads(reply)  # noqa: S301 - written by our own worker
+    except Exception as exc:
+        raise WorkerError(f"The reply from {name} could not be read: {exc!r}") from exc
+    if status == "ok":
+        return value
+    value.__cause__ = _RemoteTraceback(detail)
+    raise value
+
+
+class _RemoteTraceback(Exception):
+    """Where an exception was raised in the worker process."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(func)
+
+
+# What runs in the worker process.
+
+
+def _worker_main(sock: socket.socket) -> None:
+    """Answer jobs from the pool until it says stop or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the pool decides
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with, args=(parent,), name="parent-watch", daemon=True
+        ).start()
+    with sock, sock.makefile("rb") as incoming, contextlib.suppress(OSError):
+        sock.sendall(_HEADER.pack(0))
+        while request := _read_frame(incoming):
+            reply = _serve(request)
+            sock.sendall(_HEADER.pack(len(reply)) + reply)
+
+
+def _exit_with(parent: BaseProcess) -> None:
+    """Exit as soon as the parent does, even in the middle of a job."""
+    parent.join()
+    os._exit(1)
+
+
+def _read_frame(incoming: BufferedReader) -> bytes | None:
+    """Return the next payload, or None at the end of the connection."""
+    header = incoming.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    payload = incoming.read(size)
+    return payload if len(payload) == size else None
+
+
+def _serve(request: bytes) -> bytes:
+    name = "a job"
+    try:
+        func, args = pickle.loads(request)  # noqa: S301 - sent by the pool that started us
+        name = _describe(func)
+        result = func(*args)
+    except Exception as exc:
+        return _error_reply(exc, name)
+    try:
+        return pickle.dumps(("ok", result, None), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        error = WorkerError(f"{name} returned a value that cannot be sent back: {exc!r}")
+        return _error_reply(error, name)
+
+
+def _error_reply(exc: Exception, name: str) -> bytes:
+    detail = "".join(traceback.format_exception(exc))
+    try:
+        reply = pickle.dumps(("error", exc, detail), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(reply)  # noqa: S301 - our own bytes: can the pool rebuild the exception?
+    except Exception:
+        fallback = WorkerError(f"{name} raised {exc!r}")
+        reply = pickle.dumps(("error", fallback, detail), protocol=pickle.HIGHEST_PROTOCOL)
+    return reply

@@ -1,0 +1,354 @@
+"""Uploads, dedup, sync, the gallery and downloads over real HTTPS, on a real library folder."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import Daemon, StartDaemon
+from PIL import Image
+from test_api import bearer, pair, status_of
+
+
+def jpeg(width: int = 64, height: int = 48, color: str = "red") -> bytes:
+    """Return a small real JPEG."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "JPEG")
+    return out.getvalue()
+
+
+def form(*files: tuple[str, bytes], modified_ms: int | None = None) -> aiohttp.FormData:
+    """Build a multipart upload the way the page does: optional modified, then each file."""
+    data = aiohttp.FormData(quote_fields=False)
+    for name, content in files:
+        if modified_ms is not None:
+            data.add_field("modified", str(modified_ms))
+        data.add_field("file", content, filename=name, content_type="application/octet-stream")
+    return data
+
+
+async def upload(
+    daemon: Daemon, token: str, *files: tuple[str, bytes], modified_ms: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Upload files as a device; return the status and the JSON answer."""
+    async with (
+        daemon.session(headers=bearer(token)) as device,
+        device.post("/api/upload", data=form(*files, modified_ms=modified_ms)) as response,
+    ):
+        return response.status, await response.json()
+
+
+def library_files(daemon: Daemon) -> dict[str, bytes]:
+    """Return every file under the library (lanpair's own folder excluded) with its bytes."""
+    root = daemon.library.paths.root
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and ".lanpair" not in path.relative_to(root).parts
+    }
+
+
+@pytest.fixture
+async def phone(daemon: Daemon) -> dict[str, Any]:
+    """Return a paired device of the daemon."""
+    return await pair(daemon, "Anna's phone", "anna")
+
+
+async def test_an_upload_lands_in_the_devices_folder_with_its_date(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """A photo is stored byte for byte under the device's folder, dated as the phone said."""
+    photo = jpeg()
+    status, body = await upload(
+        daemon, phone["device_token"], ("IMG_0001.jpg", photo), modified_ms=1_600_000_000_000
+    )
+    assert status == 200
+    (result,) = body["files"]
+    assert result["ok"] is True
+    assert result["duplicate"] is False
+    assert result["type"] == "image"
+    assert result["sha256"] == hashlib.sha256(photo).hexdigest()
+    assert result["stored_as"].startswith("Anna's phone (")
+    stored = daemon.library.paths.root / result["stored_as"]
+    assert stored.read_bytes() == photo
+    assert stored.stat().st_mtime == 1_600_000_000
+    item = result["item"]
+    assert (item["width"], item["height"], item["device"]) == (64, 48, phone["device_id"])
+    assert item["path"] == f"/files/{result['id']}"
+    assert not list((daemon.library.paths.staging).iterdir())
+
+
+async def test_many_files_in_one_request_and_per_file_refusals(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """A mixed request answers 200 with per-file results; an all-refused one answers 400."""
+    status, body = await upload(
+        daemon,
+        phone["device_token"],
+        ("a.jpg", jpeg(color="blue")),
+        ("../../escape.jpg", b"x"),
+        ("b.txt", b"hello"),
+    )
+    assert status == 200
+    assert [r["ok"] for r in body["files"]] == [True, False, True]
+    assert body["files"][1]["error"] == "unsafe_name"
+    status, body = await upload(daemon, phone["device_token"], ("/etc/passwd", b"x"))
+    assert status == 400
+    assert body["files"][0]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [
+        ("<img src=x onerror=alert(1)>.jpg", "_img src=x onerror=alert(1)_.jpg"),
+        ("CON.jpg", "_CON.jpg"),
+        ("\u202egpj.exe", "gpj.exe"),
+        ("zero\u200bwidth.png", "zerowidth.png"),
+        ("x" * 300 + ".jpg", "x" * 251 + ".jpg"),
+        ("trailing. ", "trailing"),
+    ],
+)
+async def test_hostile_names_are_stored_under_safe_names(
+    daemon: Daemon, phone: dict[str, Any], name: str, stored: str
+) -> None:
+    """Hostile but harmless names are cleaned; the file lands inside the device folder."""
+    status, body = await upload(daemon, phone["device_token"], (name, os.urandom(100)))
+    assert status == 200
+    assert body["files"][0]["stored_as"].split("/")[-1] == stored
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x.jpg", "a/../../x.jpg", "/etc/cron.d/x", "C:\\x.jpg", "..", "\\\\server\\share\\x"],
+)
+async def test_names_that_try_to_leave_are_refused_and_nothing_is_written(
+    daemon: Daemon, phone: dict[str, Any], name: str
+) -> None:
+    """Traversal and absolute names get 400 and no file anywhere."""
+    before = set(library_files(daemon))
+    status, body = await upload(daemon, phone["device_token"], (name, b"payload"))
+    assert status == 400
+    assert body["files"][0]["error"] == "unsafe_name"
+    assert set(library_files(daemon)) == before
+    data_dir = daemon.library.paths.root.parent
+    assert not [p for p in data_dir.parent.rglob("x*") if p.is_file()]
+
+
+async def test_same_name_twice_keeps_both(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """A second file of the same name becomes 'name (1).ext'; the first is untouched."""
+    first, second = jpeg(color="red"), jpeg(color="green")
+    await upload(daemon, phone["device_token"], ("same.jpg", first))
+    _, body = await upload(daemon, phone["device_token"], ("same.jpg", second))
+    assert body["files"][0]["stored_as"].endswith("/same (1).jpg")
+    names = {Path(k).name: v for k, v in library_files(daemon).items()}
+    assert names["same.jpg"] == first
+    assert names["same (1).jpg"] == second
+
+
+async def test_racing_uploads_of_one_name_both_survive(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Twenty concurrent uploads named alike never overwrite one another."""
+    contents = [os.urandom(50_000) for _ in range(20)]
+    await asyncio.gather(
+        *(upload(daemon, phone["device_token"], ("race.bin", c)) for c in contents)
+    )
+    stored = sorted(v for k, v in library_files(daemon).items() if "race" in k)
+    assert stored == sorted(contents)
+
+
+async def test_same_content_is_stored_once(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """Uploading content the library has answers duplicate with the existing item."""
+    photo = jpeg(color="purple")
+    _, first = await upload(daemon, phone["device_token"], ("one.jpg", photo))
+    _, again = await upload(daemon, phone["device_token"], ("two.jpg", photo))
+    assert again["files"][0]["duplicate"] is True
+    assert again["files"][0]["id"] == first["files"][0]["id"]
+    assert sum(v == photo for v in library_files(daemon).values()) == 1
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.get("/api/gallery") as response,
+    ):
+        items = (await response.json())["items"]
+    assert [i["name"] for i in items] == ["one.jpg"]
+
+
+async def test_sync_manifest_says_what_the_pc_lacks(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """Files present by name and size, or by hash, are present; the rest are missing."""
+    photo = jpeg(color="orange")
+    await upload(daemon, phone["device_token"], ("have.jpg", photo))
+    manifest = [
+        {"name": "have.jpg", "size": len(photo), "modified": 0},
+        {
+            "name": "renamed.jpg",
+            "size": len(photo),
+            "modified": 0,
+            "sha256": hashlib.sha256(photo).hexdigest(),
+        },
+        {"name": "new.jpg", "size": 10, "modified": 0},
+        {"name": "have.jpg", "size": len(photo) + 1, "modified": 0},
+    ]
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.post("/api/sync", json=manifest) as response:
+            assert response.status == 200
+            assert await response.json() == {
+                "missing": ["new.jpg", "have.jpg"],
+                "present": ["have.jpg", "renamed.jpg"],
+            }
+        async with device.post(f"/api/sync/{phone['device_token']}", json=[]) as response:
+            assert response.status == 200
+    async with daemon.session() as owner, owner.get("/api/pairing/devices") as response:
+        (device_row,) = await response.json()
+    assert device_row["last_sync"] is not None
+    assert device_row["file_count"] == 1
+
+
+async def test_gallery_pages_with_a_cursor_and_filters(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Newest first, a page at a time, filtered by kind, device and name."""
+    for n in range(7):
+        await upload(
+            daemon,
+            phone["device_token"],
+            (f"p{n}.jpg", jpeg(color=f"#{n}{n}0000")),
+            modified_ms=(1_700_000_000 + n * 60) * 1000,
+        )
+    await upload(daemon, phone["device_token"], ("notes.txt", b"text"))
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            async with device.get(
+                "/api/gallery", params={"limit": "3", "kind": "image", "cursor": cursor}
+            ) as response:
+                page = await response.json()
+            seen += [i["name"] for i in page["items"]]
+            if not page["next_cursor"]:
+                break
+            cursor = page["next_cursor"]
+        assert seen == [f"p{n}.jpg" for n in reversed(range(7))]
+        async with device.get("/api/gallery", params={"q": "note"}) as response:
+            assert [i["name"] for i in (await response.json())["items"]] == ["notes.txt"]
+        async with device.get("/api/gallery", params={"device": "pc"}) as response:
+            assert (await response.json())["items"] == []
+        for bad in ({"limit": "0"}, {"kind": "pdf"}, {"cursor": "garbage!"}, {"from": "soon"}):
+            assert await status_of(device, "GET", "/api/gallery", params=bad) == 400
+
+
+async def test_downloads_support_ranges_and_never_run_content(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Originals come back whole or by Range; HTML is an attachment under a sandbox CSP."""
+    photo = jpeg(color="yellow")
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    _, body = await upload(daemon, phone["device_token"], ("y.jpg", photo), ("evil.html", page))
+    photo_id, page_id = (r["id"] for r in body["files"])
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.get(f"/files/{photo_id}") as response:
+            assert await response.read() == photo
+            assert response.content_type == "image/jpeg"
+            assert "sandbox" in response.headers["Content-Security-Policy"]
+            etag = response.headers["ETag"]
+        async with device.get(f"/files/{photo_id}", headers={"Range": "bytes=10-19"}) as r:
+            assert r.status == 206
+            assert await r.read() == photo[10:20]
+        async with device.get(f"/files/{photo_id}", headers={"If-None-Match": etag}) as r:
+            assert r.status == 304
+        async with device.get(f"/files/{page_id}") as response:
+            assert response.content_type == "application/octet-stream"
+            assert response.headers["Content-Disposition"].startswith("attachment;")
+            assert "sandbox" in response.headers["Content-Security-Policy"]
+        assert await status_of(device, "GET", "/files/999999") == 404
+        assert await status_of(device, "GET", "/files/abc") == 404
+
+
+async def test_thumbnails_are_drawn_and_bad_images_get_a_placeholder(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """A JPEG gets a WebP thumbnail of at most 400 px; a corrupt one gets the placeholder."""
+    _, body = await upload(
+        daemon, phone["device_token"], ("big.jpg", jpeg(1200, 800)), ("broken.jpg", jpeg()[:200])
+    )
+    good, broken = (r["id"] for r in body["files"])
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.get(f"/thumbs/{good}") as response:
+            assert response.content_type == "image/webp"
+            thumb = Image.open(io.BytesIO(await response.read()))
+            assert max(thumb.size) == 400
+        async with device.get(f"/thumbs/{broken}") as response:
+            assert response.status == 200
+            assert response.content_type == "image/svg+xml"
+
+
+async def test_library_routes_need_a_paired_device(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """Without a token, or with a revoked one, every library route answers 401."""
+    _, body = await upload(daemon, phone["device_token"], ("x.jpg", jpeg()))
+    file_id = body["files"][0]["id"]
+    paths = [
+        ("GET", "/api/gallery"),
+        ("GET", f"/files/{file_id}"),
+        ("GET", f"/thumbs/{file_id}"),
+        ("POST", "/api/sync"),
+    ]
+    async with daemon.session(headers=bearer("Z" * 32)) as stranger:
+        for method, path in paths:
+            assert await status_of(stranger, method, path, json=[]) == 401
+    async with daemon.session() as owner:
+        await status_of(owner, "POST", f"/api/pairing/revoke/{phone['device_id']}", json={})
+    async with daemon.session(headers=bearer(phone["device_token"])) as revoked:
+        for method, path in paths:
+            assert await status_of(revoked, method, path, json=[]) == 401
+
+
+async def test_disk_space_reserve_gives_507_and_leaves_nothing(make_daemon: StartDaemon) -> None:
+    """An upload that would eat into the reserve is refused with 507; no partial remains."""
+    daemon = await make_daemon(reserve_bytes=1 << 60)
+    device = await pair(daemon)
+    status, body = await upload(daemon, device["device_token"], ("x.jpg", jpeg()))
+    assert status == 507
+    assert body["error"] == "insufficient_storage"
+    assert library_files(daemon) == {}
+    assert not list(daemon.library.paths.staging.iterdir())
+
+
+async def test_size_limit_gives_413(make_daemon: StartDaemon) -> None:
+    """A file over --max-upload is refused with 413 and nothing is kept."""
+    daemon = await make_daemon(max_upload_bytes=1000)
+    device = await pair(daemon)
+    status, _body = await upload(daemon, device["device_token"], ("big.bin", os.urandom(5000)))
+    assert status == 413
+    assert library_files(daemon) == {}
+    assert not list(daemon.library.paths.staging.iterdir())
+
+
+async def test_symlinks_in_the_library_are_neither_served_nor_followed(
+    daemon: Daemon, phone: dict[str, Any], tmp_path: Path
+) -> None:
+    """A symlink pointing outside is not indexed; a device folder swapped for one refuses writes."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(jpeg())
+    _, body = await upload(daemon, phone["device_token"], ("first.jpg", jpeg(color="white")))
+    folder = daemon.library.paths.root / body["files"][0]["stored_as"].split("/")[0]
+    (folder / "link.jpg").symlink_to(outside / "secret.jpg")
+    await daemon.library.scan()
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.get("/api/gallery") as response,
+    ):
+        names = [i["name"] for i in (await response.json())["items"]]
+    assert "link.jpg" not in names
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
+    folder.symlink_to(outside, target_is_directory=True)
+    status, body = await upload(daemon, phone["device_token"], ("sneaky.jpg", b"payload"))
+    assert status == 400
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.jpg"]
