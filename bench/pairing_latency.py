@@ -108,6 +108,12 @@ def main() -> int:
         default=True,
         help="HTTPS pinned with SpkiPin (default), or plain HTTP with --no-tls",
     )
+    parser.add_argument(
+        "--pause-ms",
+        type=float,
+        default=0.0,
+        help="untimed pause before each call, like a person between clicks (default: none)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results here")
     parser.add_argument(
         "--profile", action="store_true", help="then time the parts of one generate in-process"
@@ -115,7 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.calls < 2:
         parser.error("--calls must be at least 2")
-    results = asyncio.run(run(args.calls, tls=args.tls))
+    results = asyncio.run(run(args.calls, tls=args.tls, pause_s=args.pause_ms / 1000))
     print_report(results)
     if args.profile:
         results["profile"] = profile_generate(results["last_generate"])
@@ -127,17 +133,18 @@ def main() -> int:
     return 0
 
 
-async def run(calls: int, *, tls: bool) -> dict[str, Any]:
+async def run(calls: int, *, tls: bool, pause_s: float = 0.0) -> dict[str, Any]:
     """Start a daemon, time both phases against it, stop it; return the results."""
     with tempfile.TemporaryDirectory(prefix="lanpair-bench-") as temp:
         async with running_daemon(Path(temp), tls=tls) as daemon:
             if tls and not daemon.url.startswith("https://"):
                 raise RuntimeError(f"asked for TLS but the daemon serves {daemon.url}")
-            phases, last_generate, connections = await measure(daemon, calls)
+            phases, last_generate, connections = await measure(daemon, calls, pause_s)
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "scheme": "https" if tls else "http",
         "calls": calls,
+        "pause_ms": pause_s * 1000,
         "warmup": WARMUP,
         "connections_opened": connections,
         "machine": machine(),
@@ -233,7 +240,9 @@ def print_log_tail(log_path: Path, lines: int = 20) -> None:
         print("--- daemon log (last lines) ---", *tail, sep="\n", file=sys.stderr)
 
 
-async def measure(daemon: Daemon, calls: int) -> tuple[dict[str, Phase], dict[str, Any], int]:
+async def measure(
+    daemon: Daemon, calls: int, pause_s: float
+) -> tuple[dict[str, Phase], dict[str, Any], int]:
     """Time ``calls`` generates then ``calls`` confirms over one keep-alive connection.
 
     Returns the phases, the last generate response and how many connections were opened.
@@ -275,7 +284,7 @@ async def measure(daemon: Daemon, calls: int) -> tuple[dict[str, Phase], dict[st
             tokens.append(data["pairing_token"])
             last_generate = data
 
-        gen = await timed_phase(daemon.pid, generate, WARMUP, calls, keep_token)
+        gen = await timed_phase(daemon.pid, generate, WARMUP, calls, keep_token, pause_s)
 
         run_id = os.urandom(4).hex()
         spent = iter(range(WARMUP + calls))
@@ -293,7 +302,7 @@ async def measure(daemon: Daemon, calls: int) -> tuple[dict[str, Phase], dict[st
                 raise RuntimeError(f"unexpected confirm answer for {device_id}: {data}")
             return elapsed_ms, data
 
-        con = await timed_phase(daemon.pid, confirm, WARMUP, calls, lambda _: None)
+        con = await timed_phase(daemon.pid, confirm, WARMUP, calls, lambda _: None, pause_s)
     return {"generate": gen, "confirm": con}, last_generate, len(opened)
 
 
@@ -303,6 +312,7 @@ async def timed_phase(
     warmup: int,
     calls: int,
     keep: Callable[[dict[str, Any]], None],
+    pause_s: float = 0.0,
 ) -> Phase:
     """Make ``warmup`` untimed then ``calls`` timed sequential calls; measure CPU around them."""
     for _ in range(warmup):
@@ -311,6 +321,8 @@ async def timed_phase(
     latencies: list[float] = []
     daemon_before, client_before = cpu_seconds(pid), time.process_time()
     for _ in range(calls):
+        if pause_s:
+            await asyncio.sleep(pause_s)
         elapsed_ms, data = await call()
         latencies.append(elapsed_ms)
         keep(data)
