@@ -12,6 +12,8 @@
      ├── NotPaired                    no valid device token (missing, unknown, expired, revoked)
      ├── NotOwner                     an owner-only action from somewhere else
      ├── InsufficientStorage          the library's disk is (nearly) full
+     ├── OffsetMismatch               a resumable upload continues from the wrong offset
+     ├── ChecksumMismatch             uploaded data does not match its checksum
      ├── NotFound                     no such thing
      └── PairingError                 a pairing code cannot be used
           ├── UnknownCode             the code was never issued
@@ -126,6 +128,18 @@ class InsufficientStorage(LanpairError):
     """The PC's disk is too full to take this upload; free some space on it and try again."""
 
     code = "insufficient_storage"
+
+
+class OffsetMismatch(LanpairError):
+    """The upload continues from another offset than the server has; ask it where to resume."""
+
+    code = "offset_mismatch"
+
+
+class ChecksumMismatch(LanpairError):
+    """The data arrived damaged (its checksum does not match); send it again."""
+
+    code = "checksum_mismatch"
 
 
 class NotFound(LanpairError):

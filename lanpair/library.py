@@ -82,6 +82,7 @@ class Library:
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
         await asyncio.to_thread(self.paths.ensure)
+        await asyncio.to_thread(_empty, self.paths.staging)  # partials of uploads cut by a stop
         await asyncio.to_thread(self._thumbs.dir.mkdir, parents=True, exist_ok=True)
         for n in range(self._thumb_tasks):
             self._tasks.append(_spawn(self._draw_thumbnails(), f"thumbnails-{n}"))
@@ -150,22 +151,32 @@ class Library:
         folder, device_id = await self.folder_of(caller)
         if size_hint is not None:
             await asyncio.to_thread(self.check_space, size_hint)
-        spool = await asyncio.to_thread(_Spool, self.paths.staging, self._reserve, self._max_upload)
+        spool = await asyncio.to_thread(
+            Spool.create, self.paths.staging, self._reserve, self._max_upload
+        )
         try:
-            await _pump(chunks, spool)
+            await pump(chunks, spool)
             sha256 = await asyncio.to_thread(spool.finish, modified)
-            return await self._settle(spool, folder, device_id, relparts, sha256)
+            return await self.settle(spool, folder, device_id, relparts, sha256)
         finally:
             await asyncio.to_thread(spool.discard)
 
-    async def _settle(
+    async def resume_spool(self, path: Path) -> Spool:
+        """Open a resumable upload's partial file to append to it."""
+        return await asyncio.to_thread(Spool, path, self._reserve, self._max_upload, resume=True)
+
+    async def settle(
         self,
-        spool: _Spool,
+        spool: Spool,
         folder: str,
         device_id: str | None,
         relparts: tuple[str, ...],
         sha256: str,
     ) -> Stored:
+        """Put a finished spool in place (or answer the copy already there) and index it.
+
+        The spool's own file is left for the caller to discard.
+        """
         for existing in await self._store.files.by_sha256(sha256):
             if await asyncio.to_thread(self._still_there, existing):
                 return Stored(existing, duplicate=True)
@@ -296,18 +307,29 @@ class ScanReport:
     took: timedelta
 
 
-class _Spool:
-    """The temp file an upload streams into. Every method is blocking."""
+class Spool:
+    """A file an upload streams into: new in staging, or a resumable upload's partial.
 
-    def __init__(self, staging: Path, reserve_bytes: int, max_bytes: int) -> None:
-        fd, name = tempfile.mkstemp(dir=staging, prefix="upload-", suffix=".part")
-        self.path = Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=0)
-        self._hash = hashlib.sha256()
+    Every method is blocking.
+    """
+
+    def __init__(self, path: Path, reserve_bytes: int, max_bytes: int, *, resume: bool) -> None:
+        self.path = path
         self._reserve = reserve_bytes
         self._max = max_bytes
+        self._hash = hashlib.sha256()
         self.size = 0
         self.head = b""
+        if resume:
+            self._rehash()
+        self._file = path.open("ab", buffering=0)
+
+    @classmethod
+    def create(cls, staging: Path, reserve_bytes: int, max_bytes: int) -> Spool:
+        """Open a new temp file in ``staging``."""
+        fd, name = tempfile.mkstemp(dir=staging, prefix="upload-", suffix=".part")
+        os.close(fd)
+        return cls(Path(name), reserve_bytes, max_bytes, resume=False)
 
     def write(self, data: bytes) -> None:
         """Append, hash, and stop if the disk fills or the file grows past its limit."""
@@ -319,26 +341,50 @@ class _Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage() from exc
             raise
-        self._hash.update(data)
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
-        self.size += len(data)
+        self._absorb(data)
         if free_bytes(self.path.parent) < self._reserve:
             raise InsufficientStorage()
 
+    def sync(self) -> None:
+        """Make every byte written so far durable."""
+        os.fsync(self._file.fileno())
+
+    def truncate(self, size: int) -> None:
+        """Forget everything after ``size`` bytes (a chunk that failed its checksum)."""
+        self._file.truncate(size)
+        self._file.seek(size)
+        self._hash, self.size, self.head = hashlib.sha256(), 0, b""
+        self._rehash()
+
     def finish(self, modified: float | None) -> str:
         """Make the bytes durable, stamp the original date; return the SHA-256 (hex)."""
-        os.fsync(self._file.fileno())
+        self.sync()
         self._file.close()
         if modified is not None:
             os.utime(self.path, (modified, modified))
         return self._hash.hexdigest()
 
-    def discard(self) -> None:
-        """Close and delete the temp file (after a link it is only a second name)."""
+    def close(self) -> None:
+        """Close the file, keeping it."""
         with contextlib.suppress(OSError):
             self._file.close()
+
+    def discard(self) -> None:
+        """Close and delete the file (after a link it is only a second name)."""
+        self.close()
         self.path.unlink(missing_ok=True)
+
+    def _rehash(self) -> None:
+        """Hash what is already in the file (after a restart: only then a second read)."""
+        with self.path.open("rb") as existing:
+            while block := existing.read(WRITE_BLOCK_BYTES):
+                self._absorb(block)
+
+    def _absorb(self, data: bytes) -> None:
+        self._hash.update(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self.size += len(data)
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -356,7 +402,7 @@ def _log_death(task: asyncio.Task[None]) -> None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
-async def _pump(chunks: AsyncIterable[bytes], spool: _Spool) -> None:
+async def pump(chunks: AsyncIterable[bytes], spool: Spool) -> None:
     """Copy network chunks to disk in 1 MiB writes, one write in flight while reading on."""
     pending: asyncio.Future[None] | None = None
     block = bytearray()
@@ -373,11 +419,16 @@ async def _pump(chunks: AsyncIterable[bytes], spool: _Spool) -> None:
             pending = None
         if block:
             await asyncio.to_thread(spool.write, bytes(block))
-    finally:
+    except BaseException:
+        # Keep what arrived: a resumable upload continues from the last byte on disk.
         if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+            pending = None
+        if block:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(spool.write, bytes(block)))
+        raise
 
 
 def _place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
@@ -473,6 +524,11 @@ def _walk(root: Path) -> dict[str, tuple[int, int]]:
                     stat = entry.stat(follow_symlinks=False)
                     found[relpath] = (stat.st_size, stat.st_mtime_ns)
     return found
+
+
+def _empty(folder: Path) -> None:
+    for leftover in folder.iterdir():
+        leftover.unlink(missing_ok=True)
 
 
 def _read_head(path: Path) -> bytes:

@@ -37,6 +37,8 @@ class Daemon:
     store: Store
     site: Site
     library: Library
+    app: web.Application
+    cert_path: Path
 
     def session(
         self,
@@ -125,7 +127,8 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             site=site,
             owner_addresses=owner_addresses if owner_addresses is not None else LocalAddressSet(),
         )
-        runner = web.AppRunner(create_app(services))
+        app = create_app(services)
+        runner = web.AppRunner(app)
         await runner.setup()
         runners.append(runner)
         await web.SockSite(runner, sock, ssl_context=tls.server_context(cert_info)).start()
@@ -137,6 +140,8 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             store=store,
             site=site,
             library=library,
+            app=app,
+            cert_path=cert_info.cert_path,
         )
 
     yield start

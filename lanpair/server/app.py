@@ -12,9 +12,10 @@ from lanpair.library import Library
 from lanpair.models import Site
 from lanpair.pairing import Pairing
 from lanpair.paths import web_dir
-from lanpair.server import api_library, api_pairing, pages
+from lanpair.server import api_library, api_pairing, api_tus, pages
+from lanpair.server.api_tus import TusStore
 from lanpair.server.codes import CodeMint
-from lanpair.server.keys import LIBRARY_KEY, MINT_KEY, SERVICES_KEY
+from lanpair.server.keys import LIBRARY_KEY, MINT_KEY, SERVICES_KEY, TUS_KEY
 from lanpair.server.middleware import (
     access_of,
     auth_middleware,
@@ -42,12 +43,16 @@ def create_app(services: Services) -> web.Application:
     app[SERVICES_KEY] = services
     app[MINT_KEY] = CodeMint(services.pairing, services.site)
     app[LIBRARY_KEY] = services.library
+    app[TUS_KEY] = TusStore(services.library.paths.resumable)
     # on_startup runs after every cleanup_ctx has started, so the site is complete by then.
     app.on_startup.append(_prepare_first_code)
+    app.on_startup.append(api_tus.purge_expired)
     app.on_cleanup.append(_stop_drawing_codes)
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(api_tus.tus_headers)
     app.add_routes(api_pairing.routes)
     app.add_routes(api_library.routes)
+    app.add_routes(api_tus.routes)
     app.add_routes(pages.routes)
     app.router.add_static("/static/", web_dir(), name="static")
     _check_every_route_declares_access(app)

@@ -10,10 +10,12 @@ from lanpair.models import Caller
 
 if TYPE_CHECKING:
     from lanpair.library import Library
+    from lanpair.server.api_tus import TusStore
     from lanpair.server.app import Services
     from lanpair.server.codes import CodeMint
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("services")
 MINT_KEY: web.AppKey[CodeMint] = web.AppKey("mint")
 LIBRARY_KEY: web.AppKey[Library] = web.AppKey("library")
+TUS_KEY: web.AppKey[TusStore] = web.AppKey("tus")
 CALLER_KEY: web.RequestKey[Caller] = web.RequestKey("caller", Caller)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import hdrs, web
 
 from lanpair import errors
+from lanpair.logs import redact
 from lanpair.models import ANONYMOUS, OWNER, Caller
 from lanpair.pairing import TOKEN_RE
 from lanpair.server.keys import CALLER_KEY, SERVICES_KEY
@@ -39,9 +40,11 @@ ERROR_STATUS: dict[type[errors.LanpairError], int] = {
     errors.NotOwner: 403,
     errors.NotFound: 404,
     errors.CodeUsed: 409,
+    errors.OffsetMismatch: 409,
     errors.BodyTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.TooManyAttempts: 429,
+    errors.ChecksumMismatch: 460,  # tus's "Checksum Mismatch"
     errors.InsufficientStorage: 507,
 }
 
@@ -118,7 +121,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except errors.LanpairError as exc:
         status = _status_of(exc)
-        if status >= 500 and status != 507:
+        if status >= 500 and status not in {507}:
             log.error("%s %s failed: %s", request.method, request.path, exc)
             return _error(request, 500, "internal", "lanpair hit an internal problem.")
         response = _error(request, status, exc.code, exc.message)
@@ -138,8 +141,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and hdrs.ALLOW in exc.headers:
             response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
         return response
-    except (ConnectionResetError, TimeoutError):
-        raise
+    except ConnectionResetError:
+        # The client went away mid-request; nobody is left to read an answer.
+        log.info("%s %s: the client went away", request.method, redact(request.path))
+        return web.Response(status=400)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(request, 500, "internal", "lanpair hit an internal problem.")

@@ -1,0 +1,357 @@
+"""Resumable uploads: tus 1.0.0 (core, creation, termination, checksum, expiration) at /api/tus/.
+
+An upload belongs to the device that created it; to anyone else it does not exist. Its
+bytes and a small JSON description live in the library's resumable folder, so an upload
+survives a daemon restart; untouched for 24 hours, it is deleted. A finished upload goes
+through the same ingest as a multipart one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from lanpair import errors
+from lanpair.clock import from_iso, to_iso
+from lanpair.library import Library, Spool, Stored, pump
+from lanpair.names import safe_relpath
+from lanpair.server.keys import LIBRARY_KEY, SERVICES_KEY, TUS_KEY
+from lanpair.server.middleware import Access, access, caller
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,termination,checksum,expiration"
+CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
+LIFETIME = timedelta(hours=24)
+READ_CHUNK_BYTES = 256 * 1024
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass
+class Upload:
+    """What the server keeps about one resumable upload, next to its bytes."""
+
+    id: str
+    owner: str  # a device id, or "pc" for the owner
+    length: int
+    filename: str
+    relpath: str | None
+    modified: float | None
+    sha256: str | None
+    metadata: str
+    expires_at: str
+
+
+class TusStore:
+    """The resumable folder: one ``<id>.part`` and one ``<id>.json`` per upload."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.spools: dict[str, Spool] = {}  # open partials, so bytes are hashed only once
+
+    def part(self, upload_id: str) -> Path:
+        """Return where an upload's bytes are."""
+        return self.folder / f"{upload_id}.part"
+
+    def _meta(self, upload_id: str) -> Path:
+        return self.folder / f"{upload_id}.json"
+
+    def save(self, upload: Upload) -> None:
+        """Write an upload's description (atomically). Blocking."""
+        temp = self._meta(upload.id).with_suffix(".tmp")
+        temp.write_text(json.dumps(asdict(upload)))
+        temp.replace(self._meta(upload.id))
+
+    def load(self, upload_id: str) -> Upload | None:
+        """Read an upload's description. Blocking."""
+        if not upload_id.isalnum() or len(upload_id) > 64:
+            return None
+        try:
+            return Upload(**json.loads(self._meta(upload_id).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def delete(self, upload_id: str) -> None:
+        """Remove an upload's bytes and description. Blocking."""
+        self.part(upload_id).unlink(missing_ok=True)
+        self._meta(upload_id).unlink(missing_ok=True)
+
+    def expired(self, now: datetime) -> list[str]:
+        """Return the ids of uploads past their expiry. Blocking."""
+        found = []
+        for meta in self.folder.glob("*.json"):
+            upload = self.load(meta.stem)
+            expires = from_iso(upload.expires_at) if upload else None
+            if expires is None or expires <= now:
+                found.append(meta.stem)
+        return found
+
+    def offset(self, upload_id: str) -> int:
+        """Return how many bytes have arrived. Blocking."""
+        try:
+            return self.part(upload_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+@routes.options("/api/tus/")
+@routes.options("/api/tus/{upload_id}")
+@access(Access.ANYONE)
+async def options(request: web.Request) -> web.Response:
+    """Tell tus clients what this server speaks."""
+    return web.Response(
+        status=204,
+        headers={
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": EXTENSIONS,
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
+        },
+    )
+
+
+@routes.post("/api/tus/")
+@access(Access.DEVICE, body="any")
+async def create(request: web.Request) -> web.Response:
+    """Create an upload of Upload-Length bytes described by Upload-Metadata."""
+    _check_version(request)
+    library, tus, clock = _parts(request)
+    length = _header_int(request, "Upload-Length")
+    metadata = _parse_metadata(request.headers.get("Upload-Metadata", ""))
+    filename = metadata.get("filename") or metadata.get("name")
+    if not filename:
+        raise errors.BadRequest("Upload-Metadata must carry the file's name (filename).")
+    relpath = metadata.get("relpath")
+    safe_relpath(relpath or filename)  # refuse a name that leaves its folder, before any byte
+    await asyncio.to_thread(library.check_space, length)
+    who = caller(request)
+    upload = Upload(
+        id="".join(secrets.choice(ID_ALPHABET) for _ in range(24)),
+        owner=who.device.device_id if who.device else "pc",
+        length=length,
+        filename=filename,
+        relpath=relpath,
+        modified=_modified(metadata.get("modified")),
+        sha256=(metadata.get("sha256") or "").lower() or None,
+        metadata=request.headers.get("Upload-Metadata", ""),
+        expires_at=to_iso(clock.now() + LIFETIME) or "",
+    )
+    await asyncio.to_thread(tus.part(upload.id).touch, mode=0o600)
+    await asyncio.to_thread(tus.save, upload)
+    log.info("resumable upload %s started: %s (%d bytes)", upload.id, filename, length)
+    return web.Response(
+        status=201,
+        headers={"Location": f"/api/tus/{upload.id}", "Upload-Expires": _http_date(upload)},
+    )
+
+
+@routes.head("/api/tus/{upload_id}")
+@access(Access.DEVICE, body="any")
+async def status(request: web.Request) -> web.Response:
+    """Say how many bytes of an upload have arrived."""
+    _check_version(request)
+    _library, tus, _clock = _parts(request)
+    upload = await _own(request, tus)
+    offset = await asyncio.to_thread(tus.offset, upload.id)
+    return web.Response(
+        status=200,
+        headers={
+            "Upload-Offset": str(offset),
+            "Upload-Length": str(upload.length),
+            "Upload-Metadata": upload.metadata,
+            "Upload-Expires": _http_date(upload),
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@routes.patch("/api/tus/{upload_id}")
+@access(Access.DEVICE, body="any")
+async def append(request: web.Request) -> web.Response:
+    """Append bytes at Upload-Offset; the last bytes complete and store the file."""
+    _check_version(request)
+    if request.content_type != "application/offset+octet-stream":
+        raise errors.UnsupportedMediaType(
+            "PATCH takes Content-Type: application/offset+octet-stream."
+        )
+    library, tus, clock = _parts(request)
+    upload = await _own(request, tus)
+    offset = _header_int(request, "Upload-Offset")
+    checksum = _checksum(request.headers.get("Upload-Checksum"))
+    lock = tus.locks.setdefault(upload.id, asyncio.Lock())
+    if lock.locked():
+        raise errors.OffsetMismatch("Another request is already sending this upload's bytes.")
+    async with lock:
+        spool = tus.spools.get(upload.id) or await library.resume_spool(tus.part(upload.id))
+        tus.spools[upload.id] = spool
+        if offset != spool.size:
+            raise errors.OffsetMismatch(f"The upload is at offset {spool.size}, not {offset}.")
+        await _receive(request, spool, upload, checksum)
+        upload.expires_at = to_iso(clock.now() + LIFETIME) or ""
+        await asyncio.to_thread(tus.save, upload)
+        headers = {"Upload-Offset": str(spool.size), "Upload-Expires": _http_date(upload)}
+        if spool.size == upload.length:
+            stored = await _complete(request, library, tus, upload, spool)
+            headers["Lanpair-File-Id"] = str(stored.record.id)
+            headers["Lanpair-Duplicate"] = "true" if stored.duplicate else "false"
+        return web.Response(status=204, headers=headers)
+
+
+@routes.delete("/api/tus/{upload_id}")
+@access(Access.DEVICE, body="any")
+async def terminate(request: web.Request) -> web.Response:
+    """Abandon an upload and delete its bytes."""
+    _check_version(request)
+    _library, tus, _clock = _parts(request)
+    upload = await _own(request, tus)
+    _forget(tus, upload.id)
+    await asyncio.to_thread(tus.delete, upload.id)
+    return web.Response(status=204)
+
+
+async def tus_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Put Tus-Resumable on every answer under /api/tus/, errors included."""
+    if request.path.startswith("/api/tus/"):
+        response.headers["Tus-Resumable"] = TUS_VERSION
+
+
+async def purge_expired(app: web.Application) -> int:
+    """Delete uploads untouched for 24 hours; return how many."""
+    tus = app[TUS_KEY]
+    gone = await asyncio.to_thread(tus.expired, app[SERVICES_KEY].clock.now())
+    for upload_id in gone:
+        _forget(tus, upload_id)
+        await asyncio.to_thread(tus.delete, upload_id)
+    if gone:
+        log.info("deleted %d resumable upload(s) untouched for a day", len(gone))
+    return len(gone)
+
+
+async def _receive(
+    request: web.Request, spool: Spool, upload: Upload, checksum: tuple[str, bytes] | None
+) -> None:
+    start = spool.size
+    digest = CHECKSUMS[checksum[0]]() if checksum else None
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+            if spool.size + len(chunk) > upload.length:
+                raise errors.BadRequest("More bytes arrived than Upload-Length announced.")
+            if digest is not None:
+                digest.update(chunk)
+            yield chunk
+
+    try:
+        await pump(body(), spool)
+    except BaseException:
+        # The connection died mid-chunk: keep every byte that arrived, durably, for a resume.
+        await asyncio.shield(asyncio.to_thread(spool.sync))
+        raise
+    if checksum and digest is not None and digest.digest() != checksum[1]:
+        await asyncio.to_thread(spool.truncate, start)
+        raise errors.ChecksumMismatch()
+    await asyncio.to_thread(spool.sync)
+
+
+async def _complete(
+    request: web.Request, library: Library, tus: TusStore, upload: Upload, spool: Spool
+) -> Stored:
+    relparts = safe_relpath(upload.relpath or upload.filename)
+    if upload.relpath is None:
+        relparts = relparts[-1:]
+    sha256 = await asyncio.to_thread(spool.finish, upload.modified)
+    _forget(tus, upload.id)
+    try:
+        if upload.sha256 and upload.sha256 != sha256:
+            raise errors.ChecksumMismatch("The file does not match the sha256 it was sent with.")
+        folder, device_id = await library.folder_of(caller(request))
+        return await library.settle(spool, folder, device_id, relparts, sha256)
+    finally:
+        await asyncio.to_thread(tus.delete, upload.id)
+
+
+def _forget(tus: TusStore, upload_id: str) -> None:
+    spool = tus.spools.pop(upload_id, None)
+    if spool is not None:
+        spool.close()
+    tus.locks.pop(upload_id, None)
+
+
+async def _own(request: web.Request, tus: TusStore) -> Upload:
+    """Return the upload named in the path if the caller created it; else NotFound."""
+    upload = await asyncio.to_thread(tus.load, request.match_info["upload_id"])
+    who = caller(request)
+    owner = who.device.device_id if who.device else "pc"
+    if upload is None or upload.owner != owner:
+        raise errors.NotFound("There is no such upload (it may have expired).")
+    return upload
+
+
+def _parts(request: web.Request) -> tuple[Library, TusStore, Any]:
+    return request.app[LIBRARY_KEY], request.app[TUS_KEY], request.app[SERVICES_KEY].clock
+
+
+def _check_version(request: web.Request) -> None:
+    version = request.headers.get("Tus-Resumable")
+    if version != TUS_VERSION:
+        raise errors.BadRequest(f"Send Tus-Resumable: {TUS_VERSION} (got {version!r}).")
+
+
+def _header_int(request: web.Request, name: str) -> int:
+    text = request.headers.get(name, "")
+    if not text.isdigit() or len(text) > 18:
+        raise errors.BadRequest(f"{name} must be a whole number of bytes.")
+    return int(text)
+
+
+def _parse_metadata(header: str) -> dict[str, str]:
+    """Decode Upload-Metadata: comma-separated ``key base64value`` pairs."""
+    found: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in header.split(","))):
+        key, _, value = pair.partition(" ")
+        try:
+            found[key] = base64.b64decode(value, validate=True).decode() if value else ""
+        except (binascii.Error, UnicodeDecodeError):
+            raise errors.BadRequest(f"Upload-Metadata {key!r} is not base64 text.") from None
+    return found
+
+
+def _checksum(header: str | None) -> tuple[str, bytes] | None:
+    if not header:
+        return None
+    algorithm, _, value = header.partition(" ")
+    if algorithm not in CHECKSUMS:
+        raise errors.BadRequest(f"Upload-Checksum algorithm must be one of {', '.join(CHECKSUMS)}.")
+    try:
+        return algorithm, base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise errors.BadRequest("Upload-Checksum must be base64.") from None
+
+
+def _modified(text: str | None) -> float | None:
+    with contextlib.suppress(TypeError, ValueError):
+        value = float(text)  # type: ignore[arg-type]
+        seconds = value / 1000 if value > 1e11 else value  # milliseconds, like File.lastModified
+        if 0 < seconds < 32503680000:
+            return seconds
+    return None
+
+
+def _http_date(upload: Upload) -> str:
+    expires = from_iso(upload.expires_at)
+    return expires.strftime("%a, %d %b %Y %H:%M:%S GMT") if expires else ""
