@@ -14,6 +14,7 @@
      ├── InsufficientStorage          the library's disk is (nearly) full
      ├── OffsetMismatch               a resumable upload continues from the wrong offset
      ├── ChecksumMismatch             uploaded data does not match its checksum
+     ├── NameTaken                    a rename onto a name in use
      ├── NotFound                     no such thing
      └── PairingError                 a pairing code cannot be used
           ├── UnknownCode             the code was never issued
@@ -140,6 +141,12 @@ class ChecksumMismatch(LanpairError):
     """The data arrived damaged (its checksum does not match); send it again."""
 
     code = "checksum_mismatch"
+
+
+class NameTaken(LanpairError):
+    """Another file already has that name."""
+
+    code = "name_taken"
 
 
 class NotFound(LanpairError):

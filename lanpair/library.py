@@ -12,11 +12,14 @@ import contextlib
 import errno
 import functools
 import hashlib
+import io
 import logging
 import mimetypes
 import os
+import secrets
 import tempfile
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
+import zipfile
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +28,15 @@ from typing import Any, Self
 
 from lanpair import media
 from lanpair.clock import Clock
-from lanpair.errors import BadRequest, BodyTooLarge, InsufficientStorage, NotFound
-from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState
+from lanpair.errors import (
+    BadRequest,
+    BodyTooLarge,
+    InsufficientStorage,
+    NameTaken,
+    NotFound,
+    NotOwner,
+)
+from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
 from lanpair.store import FileQuery, GalleryPage, Store
@@ -41,6 +51,8 @@ SCAN_BATCH = 1000
 
 Job = Callable[..., Awaitable[Any]]
 THUMB_PX = 400
+TRASH_KEPT = timedelta(days=30)
+PC_OWNER = "pc"
 THUMB_QUEUE = 10_000
 
 
@@ -111,6 +123,7 @@ class Library:
             await self._thumbs.ensure(record)
 
     async def _scan_then_fill(self) -> None:
+        await self.purge_trash()
         await self.scan()
         for record in await self._store.files.pending_thumbs():
             await self._queue.put(record)
@@ -186,11 +199,18 @@ class Library:
         return Stored(record, duplicate=False)
 
     async def _index(
-        self, relpath: str, folder: str, device_id: str | None, sha256: str | None, head: bytes
+        self,
+        relpath: str,
+        folder: str,
+        device_id: str | None,
+        sha256: str | None,
+        head: bytes,
+        *,
+        file_id: int | None = None,
     ) -> FileRecord:
         path = self.paths.root / relpath
         new = await asyncio.to_thread(_describe, path, relpath, folder, device_id, sha256, head)
-        record = await self._store.files.add(new, self._clock.now())
+        record = await self._store.files.add(new, self._clock.now(), file_id=file_id)
         self._on_indexed(record)
         return record
 
@@ -220,6 +240,100 @@ class Library:
         if not resolved.is_relative_to(self.paths.root.resolve()) or not resolved.is_file():
             raise NotFound("That file is no longer in the library.")
         return resolved
+
+    async def zip_stream(self, file_ids: list[int]) -> AsyncIterator[bytes]:
+        """Yield a zip of the given files as it is written (no temp file); names stay unique."""
+        entries: list[tuple[Path, str]] = []
+        taken: set[str] = set()
+        for file_id in dict.fromkeys(file_ids):
+            record, path = await self.open(file_id)
+            name, n = record.relpath, 0
+            while name in taken:
+                n += 1
+                name = "/".join((*record.relpath.split("/")[:-1], numbered(record.name, n)))
+            taken.add(name)
+            entries.append((path, name))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+        writer = asyncio.ensure_future(asyncio.to_thread(_write_zip, entries, queue, loop))
+        try:
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                while not queue.empty():  # unblock the writer thread so it can stop
+                    queue.get_nowait()
+
+    # -- delete, rename, restore -------------------------------------------------------
+
+    async def delete(self, caller: Caller, file_id: int) -> TrashedFile:
+        """Move a file to the trash (restorable for 30 days). Raises NotFound, NotOwner."""
+        record, path = await self.open(file_id)
+        _may_change(caller, record.device_id)
+        trash_name = f"{record.id}-{secrets.token_hex(4)}"
+        await asyncio.to_thread(os.rename, path, self.paths.trash / trash_name)
+        by = caller.device.device_id if caller.device else PC_OWNER
+        await self._store.files.trash(record, trash_name, self._clock.now(), by)
+        await asyncio.to_thread(self._thumbs.forget, record)
+        log.info("moved %s to the trash (%s)", record.relpath, by)
+        trashed = await self._store.files.trashed(record.id)
+        if trashed is None:
+            raise NotFound("The file vanished from the trash.")
+        return trashed
+
+    async def restore(self, caller: Caller, file_id: int) -> FileRecord:
+        """Put a trashed file back where it was (beside it, if the name is taken)."""
+        trashed = await self._store.files.trashed(file_id)
+        if trashed is None:
+            raise NotFound("There is no such file in the trash.")
+        _may_change(caller, trashed.device_id)
+        source = self.paths.trash / trashed.trash_name
+        relpath = await asyncio.to_thread(
+            _place, self.paths.root, source, tuple(trashed.relpath.split("/"))
+        )
+        await asyncio.to_thread(source.unlink)
+        await self._store.files.untrash(file_id)
+        head = await asyncio.to_thread(_read_head, self.paths.root / relpath)
+        record = await self._index(
+            relpath, trashed.folder, trashed.device_id, trashed.sha256, head, file_id=file_id
+        )
+        log.info("restored %s from the trash", relpath)
+        return record
+
+    async def rename(self, caller: Caller, file_id: int, new_name: str) -> FileRecord:
+        """Give a file a new name in its folder. Raises UnsafeName, NameTaken, NotOwner."""
+        record, path = await self.open(file_id)
+        _may_change(caller, record.device_id)
+        name = safe_name(new_name)
+        target = path.with_name(name)
+        try:
+            await asyncio.to_thread(os.link, path, target)
+        except FileExistsError:
+            raise NameTaken(f"There is already a file named {name!r} there.") from None
+        await asyncio.to_thread(path.unlink)
+        relpath = "/".join((*record.relpath.split("/")[:-1], name))
+        moved = await self._store.files.move(record.id, relpath, record.folder)
+        log.info("renamed %s to %s", record.relpath, name)
+        return moved
+
+    async def trash(self, caller: Caller) -> list[TrashedFile]:
+        """Return the trash a caller may see: a device its own files, the owner all."""
+        return await self._store.files.trash_list(
+            caller.device.device_id if caller.device else None
+        )
+
+    async def purge_trash(self) -> int:
+        """Delete trashed files older than 30 days; return how many."""
+        cutoff = self._clock.now() - TRASH_KEPT
+        old = [t for t in await self._store.files.trash_list() if t.deleted_at < cutoff]
+        for trashed in old:
+            await asyncio.to_thread((self.paths.trash / trashed.trash_name).unlink, missing_ok=True)
+            await self._store.files.untrash(trashed.file_id)
+        if old:
+            log.info("purged %d file(s) from the trash (older than 30 days)", len(old))
+        return len(old)
 
     async def scan(self) -> ScanReport:
         """Bring the index in line with the disk: add new files, drop vanished ones."""
@@ -266,6 +380,10 @@ class Thumbnails:
         self.dir = thumbs_dir
         self._run = run_job
         self._drawing: dict[int, asyncio.Future[Path | None]] = {}
+
+    def forget(self, record: FileRecord) -> None:
+        """Delete a file's cached thumbnail. Blocking."""
+        self.path_for(record).unlink(missing_ok=True)
 
     def path_for(self, record: FileRecord) -> Path:
         """Return where a file's thumbnail is cached."""
@@ -534,6 +652,57 @@ def _empty(folder: Path) -> None:
 def _read_head(path: Path) -> bytes:
     with path.open("rb") as file:
         return file.read(HEAD_BYTES)
+
+
+class _QueueWriter(io.RawIOBase):
+    """A write-only stream handing each write to the event loop's queue (back-pressured)."""
+
+    def __init__(self, queue: asyncio.Queue[bytes | None], loop: asyncio.AbstractEventLoop) -> None:
+        self._queue = queue
+        self._loop = loop
+        self._written = 0
+
+    def writable(self) -> bool:
+        """Say this stream takes writes."""
+        return True
+
+    def write(self, data: Any) -> int:
+        """Queue a copy of ``data``; wait while the queue is full."""
+        chunk = bytes(data)
+        asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop).result()
+        self._written += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        """Return how many bytes were written (zipfile asks, for its offsets)."""
+        return self._written
+
+
+def _write_zip(
+    entries: list[tuple[Path, str]],
+    queue: asyncio.Queue[bytes | None],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Write a stored (uncompressed) zip of ``entries`` into ``queue``. Blocking."""
+    out = io.BufferedWriter(_QueueWriter(queue, loop), buffer_size=WRITE_BLOCK_BYTES)
+    try:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+            for path, name in entries:
+                info = zipfile.ZipInfo.from_file(path, name)
+                with path.open("rb") as source, archive.open(info, "w", force_zip64=True) as dest:
+                    while block := source.read(WRITE_BLOCK_BYTES):
+                        dest.write(block)
+        out.flush()
+    finally:
+        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+
+def _may_change(caller: Caller, owner_device_id: str | None) -> None:
+    """A device may change its own files; the owner (this PC) any file."""
+    if caller.owner:
+        return
+    if caller.device is None or caller.device.device_id != owner_device_id:
+        raise NotOwner("A device may change only the files it sent.")
 
 
 def _device_folder(device_name: str, device_id: str, taken: set[str]) -> str:

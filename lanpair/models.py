@@ -175,3 +175,23 @@ class NewFile:
     def name(self) -> str:
         """Return the file's own name (the last part of its path)."""
         return self.relpath.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class TrashedFile:
+    """A deleted file, kept in the trash folder until it is restored or purged."""
+
+    file_id: int
+    relpath: str
+    folder: str
+    trash_name: str
+    device_id: str | None
+    size: int
+    sha256: str | None
+    deleted_at: datetime
+    deleted_by: str | None
+
+    @property
+    def name(self) -> str:
+        """Return the file's own name."""
+        return self.relpath.rsplit("/", 1)[-1]

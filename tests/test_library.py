@@ -29,7 +29,9 @@ def form(*files: tuple[str, bytes], modified_ms: int | None = None) -> aiohttp.F
     for name, content in files:
         if modified_ms is not None:
             data.add_field("modified", str(modified_ms))
-        data.add_field("file", content, filename=name, content_type="application/octet-stream")
+        data.add_field(
+            "file", io.BytesIO(content), filename=name, content_type="application/octet-stream"
+        )
     return data
 
 
@@ -352,3 +354,89 @@ async def test_symlinks_in_the_library_are_neither_served_nor_followed(
     status, body = await upload(daemon, phone["device_token"], ("sneaky.jpg", b"payload"))
     assert status == 400
     assert sorted(p.name for p in outside.iterdir()) == ["secret.jpg"]
+
+
+async def test_delete_restore_and_rename(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """A device trashes, restores (same id) and renames its own file; others may not."""
+    photo = jpeg(color="navy")
+    _, body = await upload(daemon, phone["device_token"], ("keep.jpg", photo))
+    file_id = body["files"][0]["id"]
+    other = await pair(daemon, "Other", "other")
+    async with daemon.session(headers=bearer(other["device_token"])) as stranger:
+        assert await status_of(stranger, "DELETE", f"/files/{file_id}") == 405
+        assert await status_of(stranger, "DELETE", f"/api/files/{file_id}") == 403
+        assert (
+            await status_of(
+                stranger, "POST", f"/api/files/{file_id}/rename", json={"name": "x.jpg"}
+            )
+            == 403
+        )
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.delete(f"/api/files/{file_id}") as response:
+            assert response.status == 200
+            trashed = await response.json()
+        assert trashed["restorable_until"] > trashed["deleted_at"]
+        assert await status_of(device, "GET", f"/files/{file_id}") == 404
+        assert not any(Path(k).name == "keep.jpg" for k in library_files(daemon))
+        async with device.get("/api/trash") as response:
+            assert [t["id"] for t in await response.json()] == [file_id]
+        async with device.post(f"/api/files/{file_id}/restore", json={}) as response:
+            assert response.status == 200
+            assert (await response.json())["id"] == file_id
+        async with device.get(f"/files/{file_id}") as response:
+            assert await response.read() == photo
+        async with device.post(
+            f"/api/files/{file_id}/rename", json={"name": "Holiday <1>.jpg"}
+        ) as response:
+            assert (await response.json())["name"] == "Holiday _1_.jpg"
+        await upload(daemon, phone["device_token"], ("taken.jpg", jpeg(color="lime")))
+        assert (
+            await status_of(
+                device, "POST", f"/api/files/{file_id}/rename", json={"name": "taken.jpg"}
+            )
+            == 409
+        )
+        assert (
+            await status_of(
+                device, "POST", f"/api/files/{file_id}/rename", json={"name": "../escape.jpg"}
+            )
+            == 400
+        )
+        async with device.get(f"/files/{file_id}") as response:
+            assert await response.read() == photo
+    async with daemon.session() as owner:
+        assert await status_of(owner, "DELETE", f"/api/files/{file_id}") == 200
+
+
+async def test_the_trash_is_purged_after_30_days(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """Trashed files older than 30 days are deleted for good."""
+    _, body = await upload(daemon, phone["device_token"], ("old.jpg", jpeg(color="grey")))
+    file_id = body["files"][0]["id"]
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        await status_of(device, "DELETE", f"/api/files/{file_id}")
+        daemon.clock.advance(29 * 86400)
+        assert await daemon.library.purge_trash() == 0
+    daemon.clock.advance(2 * 86400)
+    assert await daemon.library.purge_trash() == 1
+    async with daemon.session() as owner:  # the pairing itself has expired by now
+        assert await status_of(owner, "POST", f"/api/files/{file_id}/restore", json={}) == 404
+    assert list(daemon.library.paths.trash.iterdir()) == []
+
+
+async def test_a_zip_of_chosen_files_streams_back(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """POST /api/download.zip streams a valid zip holding exactly the chosen files."""
+    import zipfile
+
+    files = {"a.jpg": jpeg(color="red"), "b.bin": os.urandom(3 << 20), "c.txt": b"hello"}
+    _, body = await upload(daemon, phone["device_token"], *files.items())
+    ids = [r["id"] for r in body["files"]]
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.post("/api/download.zip", json={"ids": ids}) as response:
+            assert response.status == 200
+            assert response.content_type == "application/zip"
+            archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+        assert archive.testzip() is None
+        assert {Path(n).name: archive.read(n) for n in archive.namelist()} == files
+        assert await status_of(device, "POST", "/api/download.zip", json={"ids": [999999]}) == 404
+        assert await status_of(device, "POST", "/api/download.zip", json={"ids": []}) == 400
+        assert await status_of(device, "POST", "/api/download.zip", json={"ids": ["1"]}) == 400

@@ -14,18 +14,26 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from lanpair import errors
 from lanpair.clock import from_iso, to_iso
-from lanpair.library import Library
-from lanpair.models import FileRecord, Kind, ThumbState
+from lanpair.library import TRASH_KEPT, Library
+from lanpair.models import FileRecord, Kind, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, safe_relpath
 from lanpair.paths import web_dir
 from lanpair.server.keys import LIBRARY_KEY, SERVICES_KEY
-from lanpair.server.middleware import Access, access, caller, json_response
+from lanpair.server.middleware import (
+    Access,
+    access,
+    caller,
+    field,
+    json_response,
+    read_json,
+)
 from lanpair.store import FileQuery
 
 routes = web.RouteTableDef()
 
 READ_CHUNK_BYTES = 256 * 1024
 SYNC_LIMIT_BYTES = 8 << 20
+MAX_ZIP_FILES = 10_000
 PC_DEVICE = "pc"
 PLACEHOLDERS = {
     Kind.IMAGE: "placeholder-image.svg",
@@ -160,6 +168,83 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     response.content_type = "image/webp"
     response.headers[hdrs.CACHE_CONTROL] = "private, max-age=86400"
     return response
+
+
+@routes.delete("/api/files/{id}")
+@access(Access.DEVICE, body="any")
+async def delete(request: web.Request) -> web.Response:
+    """Move a file to the trash; it can be restored for 30 days."""
+    trashed = await request.app[LIBRARY_KEY].delete(caller(request), _file_id(request))
+    return json_response(trash_item(trashed))
+
+
+@routes.post("/api/files/{id}/restore")
+@access(Access.DEVICE)
+async def restore(request: web.Request) -> web.Response:
+    """Bring a file back from the trash."""
+    if request.can_read_body:
+        await read_json(request)
+    record = await request.app[LIBRARY_KEY].restore(caller(request), _file_id(request))
+    return json_response(gallery_item(record))
+
+
+@routes.post("/api/files/{id}/rename")
+@access(Access.DEVICE)
+async def rename(request: web.Request) -> web.Response:
+    """Give a file a new name in its folder."""
+    name = field(await read_json(request), "name", str)
+    record = await request.app[LIBRARY_KEY].rename(caller(request), _file_id(request), name)
+    return json_response(gallery_item(record))
+
+
+@routes.get("/api/trash")
+@access(Access.DEVICE)
+async def trash(request: web.Request) -> web.Response:
+    """List the trash: a device sees its own files, the owner every file."""
+    return json_response(
+        [trash_item(t) for t in await request.app[LIBRARY_KEY].trash(caller(request))]
+    )
+
+
+@routes.post("/api/download.zip")
+@access(Access.DEVICE)
+async def download_zip(request: web.Request) -> web.StreamResponse:
+    """Stream a zip of the chosen files, written as it is sent."""
+    ids = field(await read_json(request), "ids", list)
+    if (
+        not ids
+        or len(ids) > MAX_ZIP_FILES
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ):
+        raise errors.BadRequest(f"ids must be a list of 1 to {MAX_ZIP_FILES} file ids.")
+    chunks = request.app[LIBRARY_KEY].zip_stream(ids)
+    first = await anext(chunks)  # a missing file answers 404 before anything is sent
+    response = web.StreamResponse(
+        headers={
+            hdrs.CONTENT_TYPE: "application/zip",
+            hdrs.CONTENT_DISPOSITION: 'attachment; filename="lanpair.zip"',
+            hdrs.CACHE_CONTROL: "no-store",
+        }
+    )
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def trash_item(trashed: TrashedFile) -> dict[str, Any]:
+    """Return a trashed file as the API shows it."""
+    return {
+        "id": trashed.file_id,
+        "name": trashed.name,
+        "folder": trashed.folder,
+        "size": trashed.size,
+        "device": trashed.device_id or PC_DEVICE,
+        "deleted_at": to_iso(trashed.deleted_at),
+        "restorable_until": to_iso(trashed.deleted_at + TRASH_KEPT),
+    }
 
 
 def gallery_item(record: FileRecord) -> dict[str, Any]:

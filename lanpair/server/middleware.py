@@ -41,6 +41,7 @@ ERROR_STATUS: dict[type[errors.LanpairError], int] = {
     errors.NotFound: 404,
     errors.CodeUsed: 409,
     errors.OffsetMismatch: 409,
+    errors.NameTaken: 409,
     errors.BodyTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.TooManyAttempts: 429,

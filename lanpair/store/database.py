@@ -94,8 +94,9 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE devices SET file_count = file_count - 1 WHERE device_id = OLD.device_id;
     END;
     CREATE TABLE trash (
-        id INTEGER PRIMARY KEY,
+        file_id INTEGER PRIMARY KEY,  -- the id the file had, and gets back when restored
         relpath TEXT NOT NULL,
+        folder TEXT NOT NULL,
         trash_name TEXT NOT NULL UNIQUE,
         device_id TEXT,
         size INTEGER NOT NULL,

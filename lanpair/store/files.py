@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from lanpair.clock import from_iso, to_iso
 from lanpair.errors import BadRequest, StoreError
-from lanpair.models import FileRecord, Kind, NewFile, ThumbState
+from lanpair.models import FileRecord, Kind, NewFile, ThumbState, TrashedFile
 
 if TYPE_CHECKING:
     from lanpair.store.database import Store
@@ -56,16 +56,20 @@ class FileTable:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def add(self, new: NewFile, now: datetime) -> FileRecord:
-        """Index a file (replacing what was indexed at its path); return its record."""
+    async def add(self, new: NewFile, now: datetime, *, file_id: int | None = None) -> FileRecord:
+        """Index a file (replacing what was indexed at its path); return its record.
+
+        ``file_id`` gives a restored file back the id it had.
+        """
 
         def add(conn: sqlite3.Connection) -> FileRecord:
             conn.execute("DELETE FROM files WHERE relpath = ?", (new.relpath,))
             cursor = conn.execute(
-                """INSERT INTO files (relpath, folder, device_id, name, size, mtime_ns, sha256,
+                """INSERT INTO files (id, relpath, folder, device_id, name, size, mtime_ns, sha256,
                    kind, mime, width, height, taken_at, duration_s, thumb, added_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
+                    file_id,
                     new.relpath,
                     new.folder,
                     new.device_id,
@@ -179,6 +183,54 @@ class FileTable:
 
         return await self._store.write(move)
 
+    async def trash(self, record: FileRecord, trash_name: str, now: datetime, by: str) -> None:
+        """Move a file's row from the index to the trash list."""
+
+        def trash(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM files WHERE id = ?", (record.id,))
+            conn.execute(
+                """INSERT INTO trash (file_id, relpath, folder, trash_name, device_id, size,
+                   sha256, deleted_at, deleted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    record.id,
+                    record.relpath,
+                    record.folder,
+                    trash_name,
+                    record.device_id,
+                    record.size,
+                    record.sha256,
+                    to_iso(now),
+                    by,
+                ),
+            )
+
+        await self._store.write(trash)
+
+    async def trashed(self, file_id: int) -> TrashedFile | None:
+        """Return one file of the trash."""
+        rows = await self._store.read(
+            lambda c: c.execute("SELECT * FROM trash WHERE file_id = ?", (file_id,)).fetchall()
+        )
+        return _trashed(rows[0]) if rows else None
+
+    async def trash_list(self, device_id: str | None = None) -> list[TrashedFile]:
+        """Return the trash, newest first (one device's, or all of it)."""
+
+        def listing(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if device_id is None:
+                return conn.execute("SELECT * FROM trash ORDER BY deleted_at DESC").fetchall()
+            return conn.execute(
+                "SELECT * FROM trash WHERE device_id = ? ORDER BY deleted_at DESC", (device_id,)
+            ).fetchall()
+
+        return [_trashed(row) for row in await self._store.read(listing)]
+
+    async def untrash(self, file_id: int) -> None:
+        """Forget a trash entry (restored or purged)."""
+        await self._store.write(
+            lambda c: c.execute("DELETE FROM trash WHERE file_id = ?", (file_id,))
+        )
+
     async def set_thumb(self, file_id: int, state: ThumbState) -> None:
         """Record where a file's thumbnail stands."""
         await self._store.write(
@@ -261,6 +313,23 @@ def _one(conn: sqlite3.Connection, file_id: int | None) -> sqlite3.Row:
 def _maybe(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> FileRecord | None:
     row = conn.execute(f"SELECT * FROM files WHERE {where}", params).fetchone()  # noqa: S608
     return _record(row) if row else None
+
+
+def _trashed(row: sqlite3.Row) -> TrashedFile:
+    deleted = from_iso(row["deleted_at"])
+    if deleted is None:
+        raise StoreError(f"Trashed file {row['file_id']} has no deletion time.")
+    return TrashedFile(
+        file_id=row["file_id"],
+        relpath=row["relpath"],
+        folder=row["folder"],
+        trash_name=row["trash_name"],
+        device_id=row["device_id"],
+        size=row["size"],
+        sha256=row["sha256"],
+        deleted_at=deleted,
+        deleted_by=row["deleted_by"],
+    )
 
 
 def _record(row: sqlite3.Row) -> FileRecord:
