@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 WRITE_BLOCK_BYTES = 1 << 20  # gather network chunks into 1 MiB disk writes
 HEAD_BYTES = 64
+MAX_IOVECS = 512  # below IOV_MAX (1024 on Linux)
 MAX_COLLISIONS = 10_000
 SCAN_BATCH = 1000
 
@@ -449,17 +450,26 @@ class Spool:
         os.close(fd)
         return cls(Path(name), reserve_bytes, max_bytes, resume=False)
 
-    def write(self, data: bytes) -> None:
-        """Append, hash, and stop if the disk fills or the file grows past its limit."""
-        if self._max and self.size + len(data) > self._max:
+    def write_all(self, pieces: list[bytes]) -> None:
+        """Append and hash the pieces; stop if the disk fills or the file grows too big."""
+        incoming = sum(map(len, pieces))
+        if self._max and self.size + incoming > self._max:
             raise BodyTooLarge(f"This PC takes files of at most {_size(self._max)}.")
+        if len(pieces) > MAX_IOVECS:
+            pieces = [b"".join(pieces)]
+        fd = self._file.fileno()
         try:
-            self._file.write(data)
+            written = os.writev(fd, pieces)
+            if written < incoming:  # a short write: rare, so the slow way is fine
+                rest = memoryview(b"".join(pieces))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage() from exc
             raise
-        self._absorb(data)
+        for piece in pieces:
+            self._absorb(piece)
         if free_bytes(self.path.parent) < self._reserve:
             raise InsufficientStorage()
 
@@ -523,20 +533,22 @@ def _log_death(task: asyncio.Task[None]) -> None:
 async def pump(chunks: AsyncIterable[bytes], spool: Spool) -> None:
     """Copy network chunks to disk in 1 MiB writes, one write in flight while reading on."""
     pending: asyncio.Future[None] | None = None
-    block = bytearray()
+    block: list[bytes] = []  # the loop never copies: the writer thread takes the pieces
+    size = 0
     try:
         async for chunk in chunks:
-            block += chunk
-            if len(block) >= WRITE_BLOCK_BYTES:
+            block.append(chunk)
+            size += len(chunk)
+            if size >= WRITE_BLOCK_BYTES:
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(spool.write, bytes(block)))
-                block.clear()
+                pending = asyncio.ensure_future(asyncio.to_thread(spool.write_all, block))
+                block, size = [], 0
         if pending is not None:
             await pending
             pending = None
         if block:
-            await asyncio.to_thread(spool.write, bytes(block))
+            await asyncio.to_thread(spool.write_all, block)
     except BaseException:
         # Keep what arrived: a resumable upload continues from the last byte on disk.
         if pending is not None:
@@ -545,7 +557,7 @@ async def pump(chunks: AsyncIterable[bytes], spool: Spool) -> None:
             pending = None
         if block:
             with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.to_thread(spool.write, bytes(block)))
+                await asyncio.shield(asyncio.to_thread(spool.write_all, block))
         raise
 
 

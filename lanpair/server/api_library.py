@@ -31,7 +31,8 @@ from lanpair.store import FileQuery
 
 routes = web.RouteTableDef()
 
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES = 1 << 20
+TLS_CHUNK_BYTES = 1 << 20
 SYNC_LIMIT_BYTES = 8 << 20
 MAX_ZIP_FILES = 10_000
 PC_DEVICE = "pc"
@@ -138,7 +139,7 @@ async def sync(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.StreamResponse:
     """Send a file's original bytes (Range, ETag and Last-Modified included)."""
     record, path = await request.app[LIBRARY_KEY].open(_file_id(request))
-    response = web.FileResponse(path, chunk_size=READ_CHUNK_BYTES)
+    response = _FileResponse(path, chunk_size=TLS_CHUNK_BYTES)
     inline = record.kind is not Kind.FILE
     response.content_type = record.mime if inline else "application/octet-stream"
     disposition = "inline" if inline else "attachment"
@@ -232,6 +233,20 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+class _FileResponse(web.FileResponse):
+    """A FileResponse that, over TLS, sends big chunks instead of asyncio's sendfile emulation.
+
+    sendfile() cannot encrypt, so under TLS asyncio falls back to copying through small
+    writes; reading 1 MiB blocks in a thread and writing them whole was measured faster.
+    """
+
+    async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int, count: int) -> Any:
+        if request.secure:
+            writer = await web.StreamResponse.prepare(self, request)
+            return await self._sendfile_fallback(writer, fobj, offset, count)  # type: ignore[arg-type]
+        return await super()._sendfile(request, fobj, offset, count)
 
 
 def trash_item(trashed: TrashedFile) -> dict[str, Any]:
