@@ -88,6 +88,7 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
         *,
         reserve_bytes: int = 0,
         max_upload_bytes: int = 0,
+        library_root: Path | None = None,
     ) -> Daemon:
         clock = ManualClock()
         paths = Paths(tmp_path / f"data{len(stores)}")
@@ -110,7 +111,7 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
         pairing = Pairing(store, clock, pending_ttl_s=PENDING_TTL_S, pairing_ttl_s=PAIRING_TTL_S)
         library = Library(
             store,
-            LibraryPaths(paths.data_dir / "library"),
+            LibraryPaths(library_root or paths.data_dir / "library"),
             clock,
             thumbs_dir=paths.thumbs,
             pc_folder="Test PC",
