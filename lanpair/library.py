@@ -18,6 +18,7 @@ import mimetypes
 import os
 import secrets
 import tempfile
+import time
 import zipfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -338,9 +339,10 @@ class Library:
 
     async def scan(self) -> ScanReport:
         """Bring the index in line with the disk: add new files, drop vanished ones."""
-        started = self._clock.now()
-        indexed = await self._store.files.stats()
-        on_disk = await asyncio.to_thread(_walk, self.paths.root)
+        started = time.monotonic()
+        indexed, on_disk = await asyncio.gather(  # read the index while walking the disk
+            self._store.files.stats(), asyncio.to_thread(_walk, self.paths.root)
+        )
         folders = await self._device_folders()
         gone = [stat.id for relpath, stat in indexed.items() if relpath not in on_disk]
         changed = [
@@ -350,14 +352,12 @@ class Library:
             or (indexed[relpath].size, indexed[relpath].mtime_ns) != (size, mtime_ns)
         ]
         removed = await self._store.files.remove(gone) if gone else 0
-        for relpath in changed:
-            folder = relpath.split("/", 1)[0]
-            try:
-                head = await asyncio.to_thread(_read_head, self.paths.root / relpath)
-                await self._index(relpath, folder, folders.get(folder), None, head)
-            except OSError as exc:
-                log.warning("could not index %s: %s", relpath, exc.strerror)
-        report = ScanReport(len(on_disk), len(changed), removed, self._clock.now() - started)
+        for start in range(0, len(changed), SCAN_BATCH):
+            batch = changed[start : start + SCAN_BATCH]
+            described = await asyncio.to_thread(_describe_many, self.paths.root, batch, folders)
+            await self._store.files.add_many(described, self._clock.now())
+        took = timedelta(seconds=time.monotonic() - started)
+        report = ScanReport(len(on_disk), len(changed), removed, took)
         log.info(
             "library scan: %d files, %d new or changed, %d gone (%.1fs)",
             report.files,
@@ -395,7 +395,7 @@ class Thumbnails:
         if record.thumb is ThumbState.NONE or record.thumb is ThumbState.FAILED:
             return None
         path = self.path_for(record)
-        if record.thumb is ThumbState.READY and await asyncio.to_thread(path.is_file):
+        if await asyncio.to_thread(path.is_file):  # ids are never reused: a file is this one's
             return path
         if record.id not in self._drawing:
             self._drawing[record.id] = asyncio.ensure_future(self._draw(record, path))
@@ -627,6 +627,21 @@ def _describe(
         height=height,
         thumb=ThumbState.PENDING if kind is not Kind.FILE else ThumbState.NONE,
     )
+
+
+def _describe_many(root: Path, relpaths: list[str], folders: dict[str, str]) -> list[NewFile]:
+    """Describe files found by a scan; skip (and log) the unreadable. Blocking."""
+    described = []
+    for relpath in relpaths:
+        folder = relpath.split("/", 1)[0]
+        try:
+            head = _read_head(root / relpath)
+            described.append(
+                _describe(root / relpath, relpath, folder, folders.get(folder), None, head)
+            )
+        except OSError as exc:
+            log.warning("could not index %s: %s", relpath, exc.strerror)
+    return described
 
 
 def _walk(root: Path) -> dict[str, tuple[int, int]]:

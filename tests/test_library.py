@@ -440,3 +440,32 @@ async def test_a_zip_of_chosen_files_streams_back(daemon: Daemon, phone: dict[st
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": [999999]}) == 404
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": []}) == 400
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": ["1"]}) == 400
+
+
+async def test_a_rescan_indexes_hand_copied_files_and_forgets_deleted_ones(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Files put in the library by hand appear after a scan; files removed by hand vanish."""
+    _, body = await upload(daemon, phone["device_token"], ("uploaded.jpg", jpeg()))
+    device_folder = body["files"][0]["stored_as"].split("/")[0]
+    root = daemon.library.paths.root
+    pc = root / "Test PC" / "Holiday"
+    pc.mkdir(parents=True)
+    for n in range(300):
+        (pc / f"note-{n}.txt").write_text(f"note {n}")
+    (pc / "photo.jpg").write_bytes(jpeg(800, 600))
+    (root / "loose.txt").write_text("no folder")
+    (root / device_folder / "uploaded.jpg").unlink()
+    report = await daemon.library.scan()
+    assert (report.added, report.removed) == (301, 1)
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.get("/api/gallery", params={"device": "pc", "kind": "image"}) as r:
+            (photo,) = (await r.json())["items"]
+        assert (photo["name"], photo["width"], photo["folder"]) == ("photo.jpg", 800, "Test PC")
+        async with device.get("/api/gallery", params={"limit": "500"}) as r:
+            names = {i["name"] for i in (await r.json())["items"]}
+    assert "uploaded.jpg" not in names
+    assert "loose.txt" not in names
+    assert len(names) == 301
+    again = await daemon.library.scan()
+    assert (again.added, again.removed) == (0, 0)

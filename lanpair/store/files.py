@@ -64,32 +64,21 @@ class FileTable:
 
         def add(conn: sqlite3.Connection) -> FileRecord:
             conn.execute("DELETE FROM files WHERE relpath = ?", (new.relpath,))
-            cursor = conn.execute(
-                """INSERT INTO files (id, relpath, folder, device_id, name, size, mtime_ns, sha256,
-                   kind, mime, width, height, taken_at, duration_s, thumb, added_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    file_id,
-                    new.relpath,
-                    new.folder,
-                    new.device_id,
-                    new.name,
-                    new.size,
-                    new.mtime_ns,
-                    new.sha256,
-                    new.kind.value,
-                    new.mime,
-                    new.width,
-                    new.height,
-                    to_iso(new.taken_at),
-                    new.duration_s,
-                    new.thumb.value,
-                    to_iso(now),
-                ),
-            )
+            cursor = conn.execute(_INSERT, _row(new, now, file_id))
             return _record(_one(conn, cursor.lastrowid))
 
         return await self._store.write(add)
+
+    async def add_many(self, news: list[NewFile], now: datetime) -> None:
+        """Index many files in one transaction (a rescan)."""
+
+        def add_many(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM files WHERE relpath = ?", [(new.relpath,) for new in news]
+            )
+            conn.executemany(_INSERT, [_row(new, now, None) for new in news])
+
+        await self._store.write(add_many)
 
     async def get(self, file_id: int) -> FileRecord | None:
         """Return one file by id."""
@@ -256,6 +245,32 @@ class FileTable:
                 (width, height, duration_s, to_iso(taken_at), sha256, file_id),
             )
         )
+
+
+_INSERT = """INSERT INTO files (id, relpath, folder, device_id, name, size, mtime_ns, sha256,
+    kind, mime, width, height, taken_at, duration_s, thumb, added_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+def _row(new: NewFile, now: datetime, file_id: int | None) -> tuple[Any, ...]:
+    return (
+        file_id,
+        new.relpath,
+        new.folder,
+        new.device_id,
+        new.name,
+        new.size,
+        new.mtime_ns,
+        new.sha256,
+        new.kind.value,
+        new.mime,
+        new.width,
+        new.height,
+        to_iso(new.taken_at),
+        new.duration_s,
+        new.thumb.value,
+        to_iso(now),
+    )
 
 
 def encode_cursor(record: FileRecord) -> str:
