@@ -413,6 +413,11 @@ class Thumbnails:
             drawn = None
         state = ThumbState.READY if drawn else ThumbState.FAILED
         await self._store.files.set_thumb(record.id, state)
+        if record.kind is Kind.VIDEO and record.duration_s is None:
+            with contextlib.suppress(Exception):  # unknown length is fine; no ffprobe, too
+                duration = await self._run(media.video_duration, source)
+                if duration is not None:
+                    await self._store.files.set_duration(record.id, duration)
         return path if drawn else None
 
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -469,3 +470,44 @@ async def test_a_rescan_indexes_hand_copied_files_and_forgets_deleted_ones(
     assert len(names) == 301
     again = await daemon.library.scan()
     assert (again.added, again.removed) == (0, 0)
+
+
+async def test_a_video_gets_a_poster_and_its_duration(
+    daemon: Daemon, phone: dict[str, Any], tmp_path: Path
+) -> None:
+    """With ffmpeg on the PC, a video's thumbnail is a frame of it and its length is indexed."""
+    import shutil
+
+    if not shutil.which("ffmpeg"):
+        from support import skip_or_fail
+
+        skip_or_fail("ffmpeg is not installed (apt-get install ffmpeg)")
+    clip = tmp_path / "clip.mp4"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10",
+            "-t",
+            "2",
+            "-c:v",
+            "mpeg4",
+            str(clip),
+        ],
+        check=True,
+    )
+    _, body = await upload(daemon, phone["device_token"], ("clip.mp4", clip.read_bytes()))
+    (result,) = body["files"]
+    assert result["type"] == "video"
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.get(f"/thumbs/{result['id']}") as response:
+            assert response.content_type == "image/webp"
+            assert max(Image.open(io.BytesIO(await response.read())).size) == 320
+        async with device.get("/api/gallery") as response:
+            (item,) = (await response.json())["items"]
+    assert item["duration"] == pytest.approx(2.0, abs=0.2)

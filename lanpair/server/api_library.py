@@ -275,6 +275,7 @@ def gallery_item(record: FileRecord) -> dict[str, Any]:
         "taken_at": to_iso(record.taken_at),
         "width": record.width,
         "height": record.height,
+        "duration": record.duration_s,
         "device": record.device_id or PC_DEVICE,
         "folder": record.folder,
     }

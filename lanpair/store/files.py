@@ -226,23 +226,11 @@ class FileTable:
             lambda c: c.execute("UPDATE files SET thumb = ? WHERE id = ?", (state.value, file_id))
         )
 
-    async def set_media(
-        self,
-        file_id: int,
-        *,
-        width: int | None,
-        height: int | None,
-        taken_at: datetime | None,
-        duration_s: float | None,
-        sha256: str | None = None,
-    ) -> None:
-        """Record what probing a file's content found."""
+    async def set_duration(self, file_id: int, duration_s: float) -> None:
+        """Record how long a video plays."""
         await self._store.write(
             lambda c: c.execute(
-                """UPDATE files SET width = ?, height = ?, duration_s = ?,
-                   taken_at = coalesce(?, taken_at), sha256 = coalesce(?, sha256)
-                   WHERE id = ?""",
-                (width, height, duration_s, to_iso(taken_at), sha256, file_id),
+                "UPDATE files SET duration_s = ? WHERE id = ?", (duration_s, file_id)
             )
         )
 
