@@ -20,6 +20,7 @@ from lanpair import netif, tls
 from lanpair.clock import Clock, SystemClock
 from lanpair.config import Settings
 from lanpair.errors import CertificateError, ConfigError
+from lanpair.events import EventHub
 from lanpair.library import Library
 from lanpair.models import Site
 from lanpair.pairing import Pairing
@@ -88,11 +89,13 @@ async def _serve(
         fingerprint=server_tls.info.fingerprint if server_tls else None,
         extra_names=settings.owner_hosts,
     )
+    hub = EventHub(clock.now)
     pairing = Pairing(
         store,
         clock,
         pending_ttl_s=settings.pending_ttl_s,
         pairing_ttl_s=settings.pairing_ttl_s,
+        hub=hub,
     )
     pool = WorkerPool(settings.thumb_workers, timeout_s=THUMB_TIMEOUT_S, name="lanpair-thumbs")
     library = Library(
@@ -105,12 +108,14 @@ async def _serve(
         max_upload_bytes=settings.max_upload_bytes,
         run_job=pool.run,
         thumb_tasks=settings.thumb_workers,
+        hub=hub,
     )
     app = create_app(
         Services(
             store=store,
             pairing=pairing,
             library=library,
+            hub=hub,
             clock=clock,
             site=site,
             owner_addresses=addresses,

@@ -28,7 +28,7 @@ from stat import S_ISREG as stat_is_file
 from typing import Any, Self
 
 from lanpair import media
-from lanpair.clock import Clock
+from lanpair.clock import Clock, to_iso
 from lanpair.errors import (
     BadRequest,
     BodyTooLarge,
@@ -37,6 +37,7 @@ from lanpair.errors import (
     NotFound,
     NotOwner,
 )
+from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
@@ -81,6 +82,7 @@ class Library:
         max_upload_bytes: int = 0,
         run_job: Job | None = None,
         thumb_tasks: int = 2,
+        hub: EventHub | None = None,
     ) -> None:
         self._store = store
         self.paths = paths
@@ -88,9 +90,10 @@ class Library:
         self.pc_folder = safe_name(pc_folder)
         self._reserve = reserve_bytes
         self._max_upload = max_upload_bytes
+        self.hub = hub or EventHub(clock.now)
         self._thumbs = Thumbnails(store, paths.root, thumbs_dir, run_job or _in_thread)
         self._thumb_tasks = thumb_tasks
-        self._queue: asyncio.Queue[FileRecord] = asyncio.Queue(THUMB_QUEUE)
+        self._queue: asyncio.Queue[tuple[FileRecord, bool]] = asyncio.Queue(THUMB_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:
@@ -114,21 +117,31 @@ class Library:
         """Return a file's thumbnail, drawing it now if it is still missing."""
         return await self._thumbs.ensure(record)
 
-    def _on_indexed(self, record: FileRecord) -> None:
+    def _on_indexed(self, record: FileRecord, *, announce: bool = True) -> None:
+        """Queue the thumbnail; announce the file once it has one (or has none to wait for)."""
         if record.thumb is ThumbState.PENDING:
-            with contextlib.suppress(asyncio.QueueFull):  # on demand later, then
-                self._queue.put_nowait(record)
+            try:
+                self._queue.put_nowait((record, announce))
+                return
+            except asyncio.QueueFull:
+                pass  # drawn on demand later
+        if announce:
+            self.hub.publish("file.added", {"item": item_json(record)})
 
     async def _draw_thumbnails(self) -> None:
         while True:
-            record = await self._queue.get()
+            record, announce = await self._queue.get()
             await self._thumbs.ensure(record)
+            if announce:
+                fresh = await self._store.files.get(record.id)
+                if fresh is not None:
+                    self.hub.publish("file.added", {"item": item_json(fresh)})
 
     async def _scan_then_fill(self) -> None:
         await self.purge_trash()
         await self.scan()
         for record in await self._store.files.pending_thumbs():
-            await self._queue.put(record)
+            await self._queue.put((record, False))
 
     async def folder_of(self, caller: Caller) -> tuple[str, str | None]:
         """Return the folder a caller uploads into, and the device id its files belong to."""
@@ -280,6 +293,7 @@ class Library:
         await self._store.files.trash(record, trash_name, self._clock.now(), by)
         await asyncio.to_thread(self._thumbs.forget, record)
         log.info("moved %s to the trash (%s)", record.relpath, by)
+        self.hub.publish("file.removed", {"id": record.id})
         trashed = await self._store.files.trashed(record.id)
         if trashed is None:
             raise NotFound("The file vanished from the trash.")
@@ -318,6 +332,7 @@ class Library:
         relpath = "/".join((*record.relpath.split("/")[:-1], name))
         moved = await self._store.files.move(record.id, relpath, record.folder)
         log.info("renamed %s to %s", record.relpath, name)
+        self.hub.publish("file.moved", {"id": record.id, "item": item_json(moved)})
         return moved
 
     async def trash(self, caller: Caller) -> list[TrashedFile]:
@@ -727,6 +742,25 @@ def _write_zip(
         out.flush()
     finally:
         asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+
+def item_json(record: FileRecord) -> dict[str, Any]:
+    """Return a file as every part of lanpair shows it (DESIGN.md's gallery item)."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "type": record.kind.value,
+        "mime": record.mime,
+        "path": f"/files/{record.id}",
+        "thumb": f"/thumbs/{record.id}" if record.thumb is not ThumbState.NONE else None,
+        "size": record.size,
+        "taken_at": to_iso(record.taken_at),
+        "width": record.width,
+        "height": record.height,
+        "duration": record.duration_s,
+        "device": record.device_id or PC_OWNER,
+        "folder": record.folder,
+    }
 
 
 def _may_change(caller: Caller, owner_device_id: str | None) -> None:

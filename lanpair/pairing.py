@@ -27,6 +27,7 @@ from lanpair.errors import (
     TooManyAttempts,
     UnknownCode,
 )
+from lanpair.events import EventHub
 from lanpair.models import Caller, Confirmation, Device, DeviceStatus, PendingPairing
 from lanpair.names import clean_text
 from lanpair.store import ConfirmOutcome, Store
@@ -161,9 +162,11 @@ class Pairing:
         pending_ttl_s: float,
         pairing_ttl_s: float,
         limiter: AttemptLimiter | None = None,
+        hub: EventHub | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
+        self._hub = hub or EventHub(clock.now)
         self._pending_ttl = timedelta(seconds=pending_ttl_s)
         self._pairing_ttl = timedelta(seconds=pairing_ttl_s)
         self._limiter = limiter or AttemptLimiter(clock)
@@ -228,6 +231,11 @@ class Pairing:
             }[outcome]()
         self._limiter.forgive(client_addr)
         log.info("paired %r as %s from %s", name, device.device_id, client_addr)
+        self._hub.publish(
+            "device.paired", {"device_id": device.device_id, "device_name": device.device_name}
+        )
+        for old in replaced:
+            self._hub.close(old)
         for old in replaced:
             log.info("pairing %s replaced by the same client's new pairing", old)
         return Confirmation(device=device, device_token=device_token)
@@ -279,6 +287,8 @@ class Pairing:
         if revoked is None:
             raise NotFound("No paired device has that id.")
         self._seen.pop(device.device_id, None)
+        self._hub.close(device.device_id)  # its open sockets end now, with 4401
+        self._hub.publish("device.revoked", {"device_id": device.device_id})
         log.info("revoked %s (%r)", device.device_id, device.device_name)
         return revoked
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from lanpair import tls
 from lanpair.client import SpkiPin
 from lanpair.clock import ManualClock
+from lanpair.events import EventHub
 from lanpair.library import Library
 from lanpair.netif import LocalAddressSet
 from lanpair.pairing import Pairing
@@ -108,7 +109,10 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             ip="127.0.0.1",
             fingerprint=cert_info.fingerprint,
         )
-        pairing = Pairing(store, clock, pending_ttl_s=PENDING_TTL_S, pairing_ttl_s=PAIRING_TTL_S)
+        hub = EventHub(clock.now)
+        pairing = Pairing(
+            store, clock, pending_ttl_s=PENDING_TTL_S, pairing_ttl_s=PAIRING_TTL_S, hub=hub
+        )
         library = Library(
             store,
             LibraryPaths(library_root or paths.data_dir / "library"),
@@ -117,6 +121,7 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             pc_folder="Test PC",
             reserve_bytes=reserve_bytes,
             max_upload_bytes=max_upload_bytes,
+            hub=hub,
         )
         await library.__aenter__()
         libraries.append(library)
@@ -124,6 +129,7 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             store=store,
             pairing=pairing,
             library=library,
+            hub=hub,
             clock=clock,
             site=site,
             owner_addresses=owner_addresses if owner_addresses is not None else LocalAddressSet(),

@@ -14,11 +14,12 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from lanpair import errors
 from lanpair.clock import from_iso, to_iso
-from lanpair.library import TRASH_KEPT, Library
-from lanpair.models import FileRecord, Kind, ThumbState, TrashedFile
+from lanpair.library import PC_OWNER as PC_DEVICE
+from lanpair.library import TRASH_KEPT, Library, item_json
+from lanpair.models import Kind, TrashedFile
 from lanpair.names import UnsafeName, safe_relpath
 from lanpair.paths import web_dir
-from lanpair.server.keys import LIBRARY_KEY, SERVICES_KEY
+from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY
 from lanpair.server.middleware import (
     Access,
     access,
@@ -35,7 +36,6 @@ READ_CHUNK_BYTES = 1 << 20
 TLS_CHUNK_BYTES = 1 << 20
 SYNC_LIMIT_BYTES = 8 << 20
 MAX_ZIP_FILES = 10_000
-PC_DEVICE = "pc"
 PLACEHOLDERS = {
     Kind.IMAGE: "placeholder-image.svg",
     Kind.VIDEO: "placeholder-video.svg",
@@ -94,7 +94,7 @@ async def _receive(
         "type": record.kind.value,
         "duplicate": stored.duplicate,
         "id": record.id,
-        "item": gallery_item(record),
+        "item": item_json(record),
     }
 
 
@@ -105,7 +105,7 @@ async def gallery(request: web.Request) -> web.Response:
     """List files newest first, a page at a time."""
     page = await request.app[LIBRARY_KEY].page(_query(request))
     return json_response(
-        {"items": [gallery_item(r) for r in page.items], "next_cursor": page.next_cursor}
+        {"items": [item_json(r) for r in page.items], "next_cursor": page.next_cursor}
     )
 
 
@@ -130,7 +130,11 @@ async def sync(request: web.Request) -> web.Response:
         have = (e["name"], e["size"]) in have_named or e["sha256"] in have_hashes
         (present if have else missing).append(e["original"])
     if device_id is not None:
-        await services.store.record_sync(device_id, services.clock.now())
+        now = services.clock.now()
+        await services.store.record_sync(device_id, now)
+        request.app[HUB_KEY].publish(
+            "device.synced", {"device_id": device_id, "last_sync": to_iso(now)}
+        )
     return json_response({"missing": missing, "present": present})
 
 
@@ -186,7 +190,7 @@ async def restore(request: web.Request) -> web.Response:
     if request.can_read_body:
         await read_json(request)
     record = await request.app[LIBRARY_KEY].restore(caller(request), _file_id(request))
-    return json_response(gallery_item(record))
+    return json_response(item_json(record))
 
 
 @routes.post("/api/files/{id}/rename")
@@ -195,7 +199,7 @@ async def rename(request: web.Request) -> web.Response:
     """Give a file a new name in its folder."""
     name = field(await read_json(request), "name", str)
     record = await request.app[LIBRARY_KEY].rename(caller(request), _file_id(request), name)
-    return json_response(gallery_item(record))
+    return json_response(item_json(record))
 
 
 @routes.get("/api/trash")
@@ -259,25 +263,6 @@ def trash_item(trashed: TrashedFile) -> dict[str, Any]:
         "device": trashed.device_id or PC_DEVICE,
         "deleted_at": to_iso(trashed.deleted_at),
         "restorable_until": to_iso(trashed.deleted_at + TRASH_KEPT),
-    }
-
-
-def gallery_item(record: FileRecord) -> dict[str, Any]:
-    """Return a file as every part of lanpair shows it (DESIGN.md's gallery item)."""
-    return {
-        "id": record.id,
-        "name": record.name,
-        "type": record.kind.value,
-        "mime": record.mime,
-        "path": f"/files/{record.id}",
-        "thumb": f"/thumbs/{record.id}" if record.thumb is not ThumbState.NONE else None,
-        "size": record.size,
-        "taken_at": to_iso(record.taken_at),
-        "width": record.width,
-        "height": record.height,
-        "duration": record.duration_s,
-        "device": record.device_id or PC_DEVICE,
-        "folder": record.folder,
     }
 
 

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from lanpair.clock import Clock
+from lanpair.events import EventHub
 from lanpair.library import Library
 from lanpair.models import Site
 from lanpair.pairing import Pairing
 from lanpair.paths import web_dir
-from lanpair.server import api_library, api_pairing, api_tus, pages
+from lanpair.server import api_library, api_pairing, api_tus, pages, ws
 from lanpair.server.api_tus import TusStore
 from lanpair.server.codes import CodeMint
-from lanpair.server.keys import LIBRARY_KEY, MINT_KEY, SERVICES_KEY, TUS_KEY
+from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, MINT_KEY, SERVICES_KEY, SOCKETS_KEY, TUS_KEY
 from lanpair.server.middleware import (
     access_of,
     auth_middleware,
@@ -32,6 +33,7 @@ class Services:
     store: Store
     pairing: Pairing
     library: Library
+    hub: EventHub
     clock: Clock
     site: Site
     owner_addresses: Container[str]
@@ -44,6 +46,9 @@ def create_app(services: Services) -> web.Application:
     app[MINT_KEY] = CodeMint(services.pairing, services.site)
     app[LIBRARY_KEY] = services.library
     app[TUS_KEY] = TusStore(services.library.paths.resumable)
+    app[HUB_KEY] = services.hub
+    app[SOCKETS_KEY] = set()
+    app.on_shutdown.append(ws.close_all)
     # on_startup runs after every cleanup_ctx has started, so the site is complete by then.
     app.on_startup.append(_prepare_first_code)
     app.on_startup.append(api_tus.purge_expired)
@@ -53,6 +58,7 @@ def create_app(services: Services) -> web.Application:
     app.add_routes(api_pairing.routes)
     app.add_routes(api_library.routes)
     app.add_routes(api_tus.routes)
+    app.add_routes(ws.routes)
     app.add_routes(pages.routes)
     app.router.add_static("/static/", web_dir(), name="static")
     _check_every_route_declares_access(app)

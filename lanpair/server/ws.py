@@ -1,0 +1,100 @@
+"""GET /api/events: the live WebSocket of file and device events (no polling anywhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from aiohttp import WSMsgType, hdrs, web
+
+from lanpair import errors
+from lanpair.clock import to_iso
+from lanpair.events import CLOSE_GOING_AWAY, Closed, Event, EventHub
+from lanpair.server.keys import HUB_KEY, SOCKETS_KEY
+from lanpair.server.middleware import Access, access, caller
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+PING_EVERY_S = 20.0
+
+
+@routes.get("/api/events")
+@access(Access.DEVICE)
+async def events(request: web.Request) -> web.WebSocketResponse:
+    """Stream events as JSON text messages; ``?since=<id>`` replays what was missed."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise errors.CrossOrigin()
+    since = _since(request.query.get("since"))
+    who = caller(request)
+    hub = request.app[HUB_KEY]
+    # permessage-deflate would cost ~100 KiB per connection; events are small anyway.
+    socket = web.WebSocketResponse(heartbeat=PING_EVERY_S, compress=False)
+    await socket.prepare(request)
+    request.app[SOCKETS_KEY].add(socket)
+    subscription = hub.subscribe(key=who.device.device_id if who.device else None, since=since)
+    reader = asyncio.create_task(_drain(socket), name="events-reader")
+    try:
+        if subscription.resync:
+            await socket.send_str(_encode_resync(hub))
+        while not socket.closed:
+            getter = asyncio.ensure_future(subscription.next())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            try:
+                event = getter.result()
+            except Closed as closed:
+                await _stop(reader)  # close() reads the client's reply itself
+                await socket.close(code=closed.code, message=b"closed by lanpair")
+                break
+            await socket.send_str(encode(event))
+    finally:
+        hub.unsubscribe(subscription)
+        await _stop(reader)
+        request.app[SOCKETS_KEY].discard(socket)
+    return socket
+
+
+def encode(event: Event) -> str:
+    """Write an event as DESIGN.md's JSON: {id, type, time, data}."""
+    return json.dumps(
+        {"id": event.id, "type": event.type, "time": to_iso(event.time), "data": event.data}
+    )
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown, close every socket with 1001 (going away)."""
+    app[HUB_KEY].close_all(CLOSE_GOING_AWAY)
+    sockets = app[SOCKETS_KEY]
+    for socket in list(sockets):
+        await socket.close(code=CLOSE_GOING_AWAY, message=b"lanpair is stopping")
+
+
+async def _drain(socket: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the client sends, until it closes."""
+    async for message in socket:
+        if message.type is WSMsgType.ERROR:
+            break
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _encode_resync(hub: EventHub) -> str:
+    return json.dumps({"id": hub.last_id, "type": "resync", "time": None, "data": {}})
+
+
+def _since(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise errors.BadRequest("since must be the id of an event.")
+    return int(text)

@@ -1,0 +1,73 @@
+"""The event hub: ordered fan-out, slow subscribers dropped, replay with since."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lanpair.clock import ManualClock
+from lanpair.events import CLOSE_NOT_PAIRED, CLOSE_TOO_SLOW, Closed, EventHub
+
+
+def hub(**kwargs: int) -> EventHub:
+    """Return a hub on a manual clock."""
+    return EventHub(ManualClock().now, **kwargs)
+
+
+async def test_every_subscriber_gets_every_event_in_order() -> None:
+    """Events carry sequential ids and reach all subscribers in order."""
+    events = hub()
+    first, second = events.subscribe(), events.subscribe()
+    for n in range(5):
+        events.publish("file.added", {"n": n})
+    for subscription in (first, second):
+        got = [await subscription.next() for _ in range(5)]
+        assert [e.id for e in got] == [1, 2, 3, 4, 5]
+        assert [e.data["n"] for e in got] == [0, 1, 2, 3, 4]
+
+
+async def test_a_slow_subscriber_is_dropped_and_a_fast_one_keeps_going() -> None:
+    """A full queue ends that subscription with 4408; publish never blocks; others go on."""
+    events = hub(queue_size=10)
+    slow, fast = events.subscribe(), events.subscribe()
+    for n in range(25):
+        events.publish("file.added", {"n": n})
+        await fast.next()
+    with pytest.raises(Closed) as closed:
+        await slow.next()
+    assert closed.value.code == CLOSE_TOO_SLOW
+    events.publish("file.added", {"n": 25})
+    assert (await fast.next()).data == {"n": 25}
+
+
+async def test_reconnecting_with_since_replays_exactly_what_was_missed() -> None:
+    """since=<last seen id> replays the events after it, then continues live."""
+    events = hub()
+    for n in range(10):
+        events.publish("file.added", {"n": n})
+    again = events.subscribe(since=7)
+    events.publish("file.added", {"n": 10})
+    assert [(await again.next()).id for _ in range(4)] == [8, 9, 10, 11]
+    assert not events.subscribe(since=11).pending
+
+
+async def test_too_far_behind_means_resync() -> None:
+    """When the missed events left the ring buffer, the subscription asks for a resync."""
+    events = hub(ring=5)
+    for n in range(20):
+        events.publish("file.added", {"n": n})
+    assert events.subscribe(since=3).resync is True
+    assert events.subscribe(since=16).resync is False
+
+
+async def test_closing_a_device_ends_only_its_subscriptions() -> None:
+    """Revoking a device closes its sockets (4401) and no one else's."""
+    events = hub()
+    mine, other = events.subscribe(key="dev_a"), events.subscribe(key="dev_b")
+    assert events.close("dev_a") == 1
+    with pytest.raises(Closed) as closed:
+        await mine.next()
+    assert closed.value.code == CLOSE_NOT_PAIRED
+    events.publish("device.revoked", {"device_id": "dev_a"})
+    assert (await asyncio.wait_for(other.next(), 1)).type == "device.revoked"
