@@ -13,6 +13,7 @@ import errno
 import functools
 import hashlib
 import io
+import json
 import logging
 import mimetypes
 import os
@@ -20,7 +21,14 @@ import secrets
 import tempfile
 import time
 import zipfile
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,6 +103,7 @@ class Library:
         self._thumb_tasks = thumb_tasks
         self._queue: asyncio.Queue[tuple[FileRecord, bool]] = asyncio.Queue(THUMB_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
+        self._folders: dict[str, str] = {}  # device id -> folder; a folder never changes
 
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
@@ -148,12 +157,16 @@ class Library:
         if caller.device is None:
             return self.pc_folder, None
         device = caller.device
+        cached = self._folders.get(device.device_id)
+        if cached is not None:
+            return cached, device.device_id
         folder = await self._store.device_folder(
             device.device_id,
             lambda taken: _device_folder(
                 device.device_name, device.device_id, taken | {self.pc_folder}
             ),
         )
+        self._folders[device.device_id] = folder
         return folder, device.device_id
 
     def check_space(self, incoming_bytes: int) -> None:
@@ -239,6 +252,10 @@ class Library:
     async def page(self, query: FileQuery) -> GalleryPage:
         """Return one page of the gallery."""
         return await self._store.files.page(query)
+
+    async def page_json(self, query: FileQuery) -> str:
+        """Return one page of the gallery as JSON text, built off the event loop."""
+        return await self._store.files.render_page(query, _page_json)
 
     async def open(self, file_id: int) -> tuple[FileRecord, Path]:
         """Return a file's record and its path, checked to lie inside the library. Raises
@@ -744,22 +761,48 @@ def _write_zip(
         asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
 
+def _page_json(rows: list[dict[str, Any]], cursor: str | None) -> str:
+    """Write a gallery page straight from index rows (the page is the hot path)."""
+    return json.dumps({"items": [_item(row) for row in rows], "next_cursor": cursor})
+
+
 def item_json(record: FileRecord) -> dict[str, Any]:
     """Return a file as every part of lanpair shows it (DESIGN.md's gallery item)."""
+    return _item(
+        {
+            "id": record.id,
+            "name": record.name,
+            "kind": record.kind.value,
+            "mime": record.mime,
+            "thumb": record.thumb.value,
+            "size": record.size,
+            "taken_at": to_iso(record.taken_at),
+            "width": record.width,
+            "height": record.height,
+            "duration_s": record.duration_s,
+            "device_id": record.device_id,
+            "folder": record.folder,
+        }
+    )
+
+
+def _item(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Shape a gallery item from an index row (or a record's values under its column names)."""
+    file_id = row["id"]
     return {
-        "id": record.id,
-        "name": record.name,
-        "type": record.kind.value,
-        "mime": record.mime,
-        "path": f"/files/{record.id}",
-        "thumb": f"/thumbs/{record.id}" if record.thumb is not ThumbState.NONE else None,
-        "size": record.size,
-        "taken_at": to_iso(record.taken_at),
-        "width": record.width,
-        "height": record.height,
-        "duration": record.duration_s,
-        "device": record.device_id or PC_OWNER,
-        "folder": record.folder,
+        "id": file_id,
+        "name": row["name"],
+        "type": row["kind"],
+        "mime": row["mime"],
+        "path": f"/files/{file_id}",
+        "thumb": None if row["thumb"] == ThumbState.NONE.value else f"/thumbs/{file_id}",
+        "size": row["size"],
+        "taken_at": row["taken_at"],
+        "width": row["width"],
+        "height": row["height"],
+        "duration": row["duration_s"],
+        "device": row["device_id"] or PC_OWNER,
+        "folder": row["folder"],
     }
 
 

@@ -511,3 +511,21 @@ async def test_a_video_gets_a_poster_and_its_duration(
         async with device.get("/api/gallery") as response:
             (item,) = (await response.json())["items"]
     assert item["duration"] == pytest.approx(2.0, abs=0.2)
+
+
+async def test_gallery_pages_and_pushed_items_have_one_shape(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """The fast page writer and item_json give the same item for the same file."""
+    from lanpair.library import item_json
+
+    _, body = await upload(daemon, phone["device_token"], ("same.jpg", jpeg()), ("n.txt", b"x"))
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.get("/api/gallery") as response,
+    ):
+        items = {i["id"]: i for i in (await response.json())["items"]}
+    for result in body["files"]:
+        record = await daemon.store.files.get(result["id"])
+        assert record is not None
+        assert item_json(record) == items[result["id"]]

@@ -103,9 +103,9 @@ async def _receive(
 @access(Access.DEVICE)
 async def gallery(request: web.Request) -> web.Response:
     """List files newest first, a page at a time."""
-    page = await request.app[LIBRARY_KEY].page(_query(request))
-    return json_response(
-        {"items": [item_json(r) for r in page.items], "next_cursor": page.next_cursor}
+    text = await request.app[LIBRARY_KEY].page_json(_query(request))
+    return web.Response(
+        text=text, content_type="application/json", headers={hdrs.CACHE_CONTROL: "no-store"}
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lanpair.clock import from_iso, to_iso
 from lanpair.errors import BadRequest, StoreError
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from lanpair.store.database import Store
 
 MAX_PAGE = 500
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,15 @@ class FileTable:
 
     async def page(self, query: FileQuery) -> GalleryPage:
         """Return one page of files, newest taken first (keyset pagination, never OFFSET)."""
+        return await self.render_page(
+            query,
+            lambda rows, cursor: GalleryPage([_record(row) for row in rows], cursor),
+        )
+
+    async def render_page(
+        self, query: FileQuery, render: Callable[[list[dict[str, Any]], str | None], T]
+    ) -> T:
+        """Fetch one page and ``render`` its raw rows on the reader thread, off the loop."""
         limit = max(1, min(query.limit, MAX_PAGE))
         where, params = _filters(query)
         sql = (
@@ -131,10 +141,14 @@ class FileTable:
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY taken_at DESC, id DESC LIMIT ?"
         )
-        rows = await self._store.read(lambda c: c.execute(sql, [*params, limit + 1]).fetchall())
-        items = [_record(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return GalleryPage(items, encode_cursor(items[-1]) if more and items else None)
+
+        def fetch(conn: sqlite3.Connection) -> T:
+            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+            last = rows[limit - 1] if len(rows) > limit else None
+            cursor = _cursor(last["taken_at"], last["id"]) if last is not None else None
+            return render([dict(row) for row in rows[:limit]], cursor)
+
+        return await self._store.read(fetch)
 
     async def pending_thumbs(self) -> list[FileRecord]:
         """Return the files whose thumbnail is still to be drawn, newest first."""
@@ -263,7 +277,11 @@ def _row(new: NewFile, now: datetime, file_id: int | None) -> tuple[Any, ...]:
 
 def encode_cursor(record: FileRecord) -> str:
     """Return the opaque cursor that continues after ``record``."""
-    raw = json.dumps([to_iso(record.taken_at), record.id]).encode()
+    return _cursor(to_iso(record.taken_at) or "", record.id)
+
+
+def _cursor(taken_at: str, file_id: int) -> str:
+    raw = json.dumps([taken_at, file_id]).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -335,7 +353,7 @@ def _trashed(row: sqlite3.Row) -> TrashedFile:
     )
 
 
-def _record(row: sqlite3.Row) -> FileRecord:
+def _record(row: sqlite3.Row | Mapping[str, Any]) -> FileRecord:
     taken, added = from_iso(row["taken_at"]), from_iso(row["added_at"])
     if taken is None or added is None:
         raise StoreError(f"File {row['id']} has no times.")
