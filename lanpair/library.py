@@ -19,9 +19,11 @@ import mimetypes
 import os
 import secrets
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -29,6 +31,7 @@ from collections.abc import (
     Coroutine,
     Mapping,
 )
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 WRITE_BLOCK_BYTES = 1 << 20  # gather network chunks into 1 MiB disk writes
 HEAD_BYTES = 64
 MAX_IOVECS = 512  # below IOV_MAX (1024 on Linux)
+ZIP_TICK_S = 0.5
+FILE_MODE = 0o644  # what a file the user saves usually gets (mkstemp makes 0600)
+_ZIPPERS = ThreadPoolExecutor(4, thread_name_prefix="lanpair-zip")  # zips never starve others
 MAX_COLLISIONS = 10_000
 SCAN_BATCH = 1000
 
@@ -63,6 +69,7 @@ SCAN_BATCH = 1000
 Job = Callable[..., Awaitable[Any]]
 THUMB_PX = 400
 TRASH_KEPT = timedelta(days=30)
+HOUSEKEEPING_S = 3600.0
 PC_OWNER = "pc"
 THUMB_QUEUE = 10_000
 
@@ -104,6 +111,7 @@ class Library:
         self._queue: asyncio.Queue[tuple[FileRecord, bool]] = asyncio.Queue(THUMB_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
         self._folders: dict[str, str] = {}  # device id -> folder; a folder never changes
+        self._file_locks: dict[int, asyncio.Lock] = {}
 
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
@@ -113,6 +121,7 @@ class Library:
         for n in range(self._thumb_tasks):
             self._tasks.append(_spawn(self._draw_thumbnails(), f"thumbnails-{n}"))
         self._tasks.append(_spawn(self._scan_then_fill(), "library-scan"))
+        self._tasks.append(_spawn(self._purge_hourly(), "trash-purge"))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -146,6 +155,14 @@ class Library:
                 if fresh is not None:
                     self.hub.publish("file.added", {"item": item_json(fresh)})
 
+    async def _purge_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await self.purge_trash()
+            except Exception:
+                log.exception("purging the trash failed; trying again in an hour")
+
     async def _scan_then_fill(self) -> None:
         await self.purge_trash()
         await self.scan()
@@ -169,9 +186,10 @@ class Library:
         self._folders[device.device_id] = folder
         return folder, device.device_id
 
-    def check_space(self, incoming_bytes: int) -> None:
-        """Raise InsufficientStorage if ``incoming_bytes`` would eat into the reserve. Blocking."""
-        if self._max_upload and incoming_bytes > self._max_upload:
+    def check_space(self, incoming_bytes: int, *, whole_request: bool = False) -> None:
+        """Raise InsufficientStorage if ``incoming_bytes`` would eat into the reserve, or
+        BodyTooLarge if one file is over the limit (a many-file request is not). Blocking."""
+        if self._max_upload and not whole_request and incoming_bytes > self._max_upload:
             raise BodyTooLarge(f"This PC takes files of at most {_size(self._max_upload)}.")
         if free_bytes(self.paths.root) - incoming_bytes < self._reserve:
             raise InsufficientStorage()
@@ -247,7 +265,12 @@ class Library:
             stat = (self.paths.root / record.relpath).lstat()
         except OSError:
             return False
-        return stat.st_size == record.size and stat_is_file(stat.st_mode)
+        # Same size and time as indexed: not edited in place since (then it would not match).
+        return (
+            stat_is_file(stat.st_mode)
+            and stat.st_size == record.size
+            and stat.st_mtime_ns == record.mtime_ns
+        )
 
     async def page(self, query: FileQuery) -> GalleryPage:
         """Return one page of the gallery."""
@@ -273,7 +296,7 @@ class Library:
             raise NotFound("That file is no longer in the library.")
         return resolved
 
-    async def zip_stream(self, file_ids: list[int]) -> AsyncIterator[bytes]:
+    async def zip_stream(self, file_ids: list[int]) -> AsyncGenerator[bytes, None]:
         """Yield a zip of the given files as it is written (no temp file); names stay unique."""
         entries: list[tuple[Path, str]] = []
         taken: set[str] = set()
@@ -287,21 +310,24 @@ class Library:
             entries.append((path, name))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
-        writer = asyncio.ensure_future(asyncio.to_thread(_write_zip, entries, queue, loop))
+        stop = threading.Event()
+        writer = loop.run_in_executor(_ZIPPERS, _write_zip, entries, queue, loop, stop)
         try:
             while (chunk := await queue.get()) is not None:
                 yield chunk
-            await writer
         finally:
-            if not writer.done():
-                writer.cancel()
-                while not queue.empty():  # unblock the writer thread so it can stop
-                    queue.get_nowait()
+            stop.set()  # a client that went away: the writer thread notices within a tick
+            with contextlib.suppress(Exception):
+                await writer
 
     # -- delete, rename, restore -------------------------------------------------------
 
     async def delete(self, caller: Caller, file_id: int) -> TrashedFile:
         """Move a file to the trash (restorable for 30 days). Raises NotFound, NotOwner."""
+        async with self._changing(file_id):
+            return await self._delete(caller, file_id)
+
+    async def _delete(self, caller: Caller, file_id: int) -> TrashedFile:
         record, path = await self.open(file_id)
         _may_change(caller, record.device_id)
         trash_name = f"{record.id}-{secrets.token_hex(4)}"
@@ -318,6 +344,10 @@ class Library:
 
     async def restore(self, caller: Caller, file_id: int) -> FileRecord:
         """Put a trashed file back where it was (beside it, if the name is taken)."""
+        async with self._changing(file_id):
+            return await self._restore(caller, file_id)
+
+    async def _restore(self, caller: Caller, file_id: int) -> FileRecord:
         trashed = await self._store.files.trashed(file_id)
         if trashed is None:
             raise NotFound("There is no such file in the trash.")
@@ -337,6 +367,10 @@ class Library:
 
     async def rename(self, caller: Caller, file_id: int, new_name: str) -> FileRecord:
         """Give a file a new name in its folder. Raises UnsafeName, NameTaken, NotOwner."""
+        async with self._changing(file_id):
+            return await self._rename(caller, file_id, new_name)
+
+    async def _rename(self, caller: Caller, file_id: int, new_name: str) -> FileRecord:
         record, path = await self.open(file_id)
         _may_change(caller, record.device_id)
         name = safe_name(new_name)
@@ -351,6 +385,12 @@ class Library:
         log.info("renamed %s to %s", record.relpath, name)
         self.hub.publish("file.moved", {"id": record.id, "item": item_json(moved)})
         return moved
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, file_id: int) -> AsyncIterator[None]:
+        """Let one delete, restore or rename of a file run at a time."""
+        async with self._file_locks.setdefault(file_id, asyncio.Lock()):
+            yield
 
     async def trash(self, caller: Caller) -> list[TrashedFile]:
         """Return the trash a caller may see: a device its own files, the owner all."""
@@ -372,6 +412,8 @@ class Library:
     async def scan(self) -> ScanReport:
         """Bring the index in line with the disk: add new files, drop vanished ones."""
         started = time.monotonic()
+        # Uploads indexed from this second on are the ingest's business, not the scan's.
+        scan_start = self._clock.now().replace(microsecond=0)
         indexed, on_disk = await asyncio.gather(  # read the index while walking the disk
             self._store.files.stats(), asyncio.to_thread(_walk, self.paths.root)
         )
@@ -383,11 +425,14 @@ class Library:
             if relpath not in indexed
             or (indexed[relpath].size, indexed[relpath].mtime_ns) != (size, mtime_ns)
         ]
-        removed = await self._store.files.remove(gone) if gone else 0
+        removed = await self._store.files.remove(gone, older_than=scan_start) if gone else 0
+        for relpath in changed:  # edited in place: the cached thumbnail is of the old picture
+            if relpath in indexed:
+                await asyncio.to_thread(self._thumbs.forget_id, indexed[relpath].id)
         for start in range(0, len(changed), SCAN_BATCH):
             batch = changed[start : start + SCAN_BATCH]
             described = await asyncio.to_thread(_describe_many, self.paths.root, batch, folders)
-            await self._store.files.add_many(described, self._clock.now())
+            await self._store.files.add_many(described, self._clock.now(), older_than=scan_start)
         took = timedelta(seconds=time.monotonic() - started)
         report = ScanReport(len(on_disk), len(changed), removed, took)
         log.info(
@@ -400,8 +445,8 @@ class Library:
         return report
 
     async def _device_folders(self) -> dict[str, str]:
-        devices = await self._store.devices()
-        return {d.folder: d.device_id for d in devices if d.folder}
+        devices = await self._store.devices()  # newest first: the newest pairing owns a folder
+        return {d.folder: d.device_id for d in reversed(devices) if d.folder}
 
 
 class Thumbnails:
@@ -416,11 +461,18 @@ class Thumbnails:
 
     def forget(self, record: FileRecord) -> None:
         """Delete a file's cached thumbnail. Blocking."""
-        self.path_for(record).unlink(missing_ok=True)
+        self.forget_id(record.id)
+
+    def forget_id(self, file_id: int) -> None:
+        """Delete the cached thumbnail of a file id. Blocking."""
+        self._path(file_id).unlink(missing_ok=True)
 
     def path_for(self, record: FileRecord) -> Path:
         """Return where a file's thumbnail is cached."""
-        return self.dir / f"{record.id % 256:02x}" / f"{record.id}.webp"
+        return self._path(record.id)
+
+    def _path(self, file_id: int) -> Path:
+        return self.dir / f"{file_id % 256:02x}" / f"{file_id}.webp"
 
     async def ensure(self, record: FileRecord) -> Path | None:
         """Return the thumbnail's path, drawing it first if needed; None if there is none."""
@@ -484,6 +536,7 @@ class Spool:
     def create(cls, staging: Path, reserve_bytes: int, max_bytes: int) -> Spool:
         """Open a new temp file in ``staging``."""
         fd, name = tempfile.mkstemp(dir=staging, prefix="upload-", suffix=".part")
+        os.fchmod(fd, FILE_MODE)
         os.close(fd)
         return cls(Path(name), reserve_bytes, max_bytes, resume=False)
 
@@ -502,6 +555,7 @@ class Spool:
                 while rest:
                     rest = rest[os.write(fd, rest) :]
         except OSError as exc:
+            os.ftruncate(fd, self.size)  # keep the file and its count of bytes in step
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage() from exc
             raise
@@ -718,12 +772,22 @@ def _read_head(path: Path) -> bytes:
         return file.read(HEAD_BYTES)
 
 
+class _ZipAborted(Exception):
+    """The client stopped reading the zip."""
+
+
 class _QueueWriter(io.RawIOBase):
     """A write-only stream handing each write to the event loop's queue (back-pressured)."""
 
-    def __init__(self, queue: asyncio.Queue[bytes | None], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        queue: asyncio.Queue[bytes | None],
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+    ) -> None:
         self._queue = queue
         self._loop = loop
+        self._stop = stop
         self._written = 0
 
     def writable(self) -> bool:
@@ -733,7 +797,7 @@ class _QueueWriter(io.RawIOBase):
     def write(self, data: Any) -> int:
         """Queue a copy of ``data``; wait while the queue is full."""
         chunk = bytes(data)
-        asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop).result()
+        hand_over(self._queue, chunk, self._loop, self._stop)
         self._written += len(chunk)
         return len(chunk)
 
@@ -742,13 +806,32 @@ class _QueueWriter(io.RawIOBase):
         return self._written
 
 
+def hand_over(
+    queue: asyncio.Queue[bytes | None],
+    item: bytes | None,
+    loop: asyncio.AbstractEventLoop,
+    stop: threading.Event,
+) -> None:
+    """Put ``item`` on the loop's queue from a thread; give up once ``stop`` is set. Blocking."""
+    while not stop.is_set():
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        try:
+            future.result(timeout=ZIP_TICK_S)
+            return
+        except TimeoutError:
+            if not future.cancel():  # it went through after all
+                return
+    raise _ZipAborted()
+
+
 def _write_zip(
     entries: list[tuple[Path, str]],
     queue: asyncio.Queue[bytes | None],
     loop: asyncio.AbstractEventLoop,
+    stop: threading.Event,
 ) -> None:
     """Write a stored (uncompressed) zip of ``entries`` into ``queue``. Blocking."""
-    out = io.BufferedWriter(_QueueWriter(queue, loop), buffer_size=WRITE_BLOCK_BYTES)
+    out = io.BufferedWriter(_QueueWriter(queue, loop, stop), buffer_size=WRITE_BLOCK_BYTES)
     try:
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
             for path, name in entries:
@@ -757,8 +840,11 @@ def _write_zip(
                     while block := source.read(WRITE_BLOCK_BYTES):
                         dest.write(block)
         out.flush()
+    except _ZipAborted:
+        return
     finally:
-        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+        with contextlib.suppress(_ZipAborted):
+            hand_over(queue, None, loop, stop)
 
 
 def _page_json(rows: list[dict[str, Any]], cursor: str | None) -> str:

@@ -457,6 +457,7 @@ async def test_a_rescan_indexes_hand_copied_files_and_forgets_deleted_ones(
     (pc / "photo.jpg").write_bytes(jpeg(800, 600))
     (root / "loose.txt").write_text("no folder")
     (root / device_folder / "uploaded.jpg").unlink()
+    daemon.clock.advance(1)  # rows indexed in the scan's own second are left to the ingest
     report = await daemon.library.scan()
     assert (report.added, report.removed) == (301, 1)
     async with daemon.session(headers=bearer(phone["device_token"])) as device:
@@ -529,3 +530,118 @@ async def test_gallery_pages_and_pushed_items_have_one_shape(
         record = await daemon.store.files.get(result["id"])
         assert record is not None
         assert item_json(record) == items[result["id"]]
+
+
+async def test_zips_abandoned_midway_leave_the_daemon_serving(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Clients that drop zip downloads after a few bytes do not stall later requests."""
+    big = {f"z{n}.bin": os.urandom(8 << 20) for n in range(3)}
+    _, body = await upload(daemon, phone["device_token"], *big.items())
+    ids = [r["id"] for r in body["files"]]
+    for _ in range(8):
+        async with (
+            daemon.session(headers=bearer(phone["device_token"])) as device,
+            device.post("/api/download.zip", json={"ids": ids}) as response,
+        ):
+            await response.content.read(1000)
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.get(f"/files/{ids[0]}") as response:
+            assert await asyncio.wait_for(response.read(), 10) == big["z0.bin"]
+        status, _ = await asyncio.wait_for(
+            upload(daemon, phone["device_token"], ("after.bin", b"still here")), 10
+        )
+        assert status == 200
+
+
+async def test_a_re_paired_phone_keeps_its_folder_and_its_files(daemon: Daemon) -> None:
+    """Pairing again with the same client id: same folder, and the old files are its own."""
+    first = await pair(daemon, "Phone", "same-client")
+    _, body = await upload(daemon, first["device_token"], ("mine.jpg", jpeg()))
+    file_id = body["files"][0]["id"]
+    second = await pair(daemon, "Phone", "same-client")
+    _, again = await upload(daemon, second["device_token"], ("later.jpg", jpeg(color="pink")))
+    assert (
+        again["files"][0]["stored_as"].split("/")[0] == body["files"][0]["stored_as"].split("/")[0]
+    )
+    async with daemon.session(headers=bearer(second["device_token"])) as device:
+        async with device.get("/api/devices") as response:
+            (row,) = await response.json()
+        assert row["file_count"] == 2
+        assert await status_of(device, "DELETE", f"/api/files/{file_id}") == 200
+
+
+async def test_uploads_landing_during_a_scan_keep_their_ids(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """A rescan racing with uploads never re-indexes or drops what they just stored."""
+    root = daemon.library.paths.root / "Test PC"
+    root.mkdir(parents=True)
+    for n in range(3000):
+        (root / f"hand-{n}.txt").write_text(str(n))
+    scan = asyncio.create_task(daemon.library.scan())
+    results = [
+        await upload(daemon, phone["device_token"], (f"up-{n}.bin", os.urandom(64)))
+        for n in range(30)
+    ]
+    await scan
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        for _, body in results:
+            item = body["files"][0]
+            async with device.get(f"/files/{item['id']}") as response:
+                assert response.status == 200
+            record = await daemon.store.files.get(item["id"])
+            assert record is not None
+            assert record.sha256 == item["sha256"]
+
+
+async def test_odd_requests_get_4xx_never_500(daemon: Daemon, phone: dict[str, Any]) -> None:
+    """Wrong types, missing boundaries and out-of-range numbers are client errors."""
+    import base64
+    import json as json_module
+
+    huge_cursor = base64.urlsafe_b64encode(
+        json_module.dumps(["2026-01-01T00:00:00Z", 2**63]).encode()
+    ).decode()
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        assert (
+            await status_of(
+                device, "POST", "/api/upload", data=b"x", headers={"Content-Type": "text/plain"}
+            )
+            == 415
+        )
+        assert (
+            await status_of(
+                device,
+                "POST",
+                "/api/upload",
+                data=b"x",
+                headers={"Content-Type": "multipart/form-data"},
+            )
+            == 400
+        )
+        assert await status_of(device, "GET", "/api/gallery", params={"cursor": huge_cursor}) == 400
+        for date in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"):
+            assert await status_of(device, "GET", "/api/gallery", params={"from": date}) == 400
+        assert await status_of(device, "POST", "/api/download.zip", json={"ids": [2**63]}) == 400
+
+
+async def test_a_compressed_sibling_is_never_served_in_place_of_a_file(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """notes.txt is sent as itself even when notes.txt.gz sits beside it."""
+    _, body = await upload(
+        daemon,
+        phone["device_token"],
+        ("notes.txt", b"plain text"),
+        ("notes.txt.gz", b"not really gzip"),
+    )
+    file_id = body["files"][0]["id"]
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.get(
+            f"/files/{file_id}", headers={"Accept-Encoding": "gzip, br"}, auto_decompress=False
+        ) as response,
+    ):
+        assert "Content-Encoding" not in response.headers
+        assert await response.read() == b"plain text"

@@ -321,3 +321,21 @@ def test_an_upload_resumes_across_a_daemon_restart(tmp_path: Path) -> None:
         again.upload()
     stored = [p for p in (tmp_path / "data" / "uploads").rglob("movie.mov")]
     assert [p.read_bytes() == data for p in stored] == [True]
+
+
+async def test_a_patch_longer_than_the_upload_is_refused(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Bytes past Upload-Length are refused up front, and the upload stays usable."""
+    headers = {**bearer(phone["device_token"]), **TUS}
+    meta = "filename " + base64.b64encode(b"exact.bin").decode()
+    async with daemon.session(headers=headers) as device:
+        async with device.post(
+            "/api/tus/", headers={"Upload-Length": "100", "Upload-Metadata": meta}
+        ) as response:
+            url = response.headers["Location"]
+        patch = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+        assert await status_of(device, "PATCH", url, data=os.urandom(300), headers=patch) == 400
+        async with device.patch(url, data=os.urandom(100), headers=patch) as response:
+            assert response.status == 204
+            assert response.headers["Upload-Offset"] == "100"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +37,7 @@ READ_CHUNK_BYTES = 1 << 20
 TLS_CHUNK_BYTES = 1 << 20
 SYNC_LIMIT_BYTES = 8 << 20
 MAX_ZIP_FILES = 10_000
+MAX_MANIFEST_ENTRIES = 100_000
 PLACEHOLDERS = {
     Kind.IMAGE: "placeholder-image.svg",
     Kind.VIDEO: "placeholder-video.svg",
@@ -49,9 +51,14 @@ PLACEHOLDERS = {
 async def upload(request: web.Request) -> web.Response:
     """Store every file of a multipart upload in the caller's folder."""
     library = request.app[LIBRARY_KEY]
+    if request.content_type != "multipart/form-data":
+        raise errors.UnsupportedMediaType("Uploads are multipart/form-data.")
     if request.content_length is not None:
-        await asyncio.to_thread(library.check_space, request.content_length)
-    reader = await request.multipart()
+        await asyncio.to_thread(library.check_space, request.content_length, whole_request=True)
+    try:
+        reader = await request.multipart()
+    except ValueError:
+        raise errors.BadRequest("The multipart body has no boundary.") from None
     results: list[dict[str, Any]] = []
     modified: float | None = None
     while (part := await reader.next()) is not None:
@@ -116,8 +123,7 @@ async def sync(request: web.Request) -> web.Response:
     """Compare a device's list of files with the library: which does the PC lack?"""
     services = request.app[SERVICES_KEY]
     library = request.app[LIBRARY_KEY]
-    body = await _read_manifest(request)
-    entries = [_manifest_entry(e) for e in body]
+    entries = await _read_manifest(request)
     folder, device_id = await library.folder_of(caller(request))
     have_named, have_hashes = await services.store.files.present(
         folder,
@@ -219,24 +225,24 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
     if (
         not ids
         or len(ids) > MAX_ZIP_FILES
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in ids)
     ):
         raise errors.BadRequest(f"ids must be a list of 1 to {MAX_ZIP_FILES} file ids.")
-    chunks = request.app[LIBRARY_KEY].zip_stream(ids)
-    first = await anext(chunks)  # a missing file answers 404 before anything is sent
-    response = web.StreamResponse(
-        headers={
-            hdrs.CONTENT_TYPE: "application/zip",
-            hdrs.CONTENT_DISPOSITION: 'attachment; filename="lanpair.zip"',
-            hdrs.CACHE_CONTROL: "no-store",
-        }
-    )
-    await response.prepare(request)
-    await response.write(first)
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    async with contextlib.aclosing(request.app[LIBRARY_KEY].zip_stream(ids)) as chunks:
+        first = await anext(chunks)  # a missing file answers 404 before anything is sent
+        response = web.StreamResponse(
+            headers={
+                hdrs.CONTENT_TYPE: "application/zip",
+                hdrs.CONTENT_DISPOSITION: 'attachment; filename="lanpair.zip"',
+                hdrs.CACHE_CONTROL: "no-store",
+            }
+        )
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
 
 class _FileResponse(web.FileResponse):
@@ -245,6 +251,11 @@ class _FileResponse(web.FileResponse):
     sendfile() cannot encrypt, so under TLS asyncio falls back to copying through small
     writes; reading 1 MiB blocks in a thread and writing them whole was measured faster.
     """
+
+    def _get_file_path_stat_encoding(self, accept_encoding: str) -> Any:
+        # Never swap in a "<name>.gz" or "<name>.br" lying beside the file: that is another
+        # file of the library, not this one compressed.
+        return super()._get_file_path_stat_encoding("")
 
     async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int, count: int) -> Any:
         if request.secure:
@@ -329,19 +340,27 @@ def _date(text: str | None, name: str) -> datetime | None:
     if not text:
         return None
     try:
-        return from_iso(text)
-    except ValueError:
+        moment = from_iso(text)
+        return moment.astimezone(UTC) if moment else None
+    except (ValueError, OverflowError):
         raise errors.BadRequest(f"{name} must be an ISO 8601 date, like 2026-07-01.") from None
 
 
-async def _read_manifest(request: web.Request) -> list[Any]:
+async def _read_manifest(request: web.Request) -> list[dict[str, Any]]:
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType()
     if request.content_length is not None and request.content_length > SYNC_LIMIT_BYTES:
         raise errors.BodyTooLarge("A sync manifest may be at most 8 MiB.")
-    raw = await request.content.read(SYNC_LIMIT_BYTES + 1)
-    if len(raw) > SYNC_LIMIT_BYTES:
-        raise errors.BodyTooLarge("A sync manifest may be at most 8 MiB.")
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        raw += chunk
+        if len(raw) > SYNC_LIMIT_BYTES:
+            raise errors.BodyTooLarge("A sync manifest may be at most 8 MiB.")
+    return await asyncio.to_thread(_parse_manifest, bytes(raw))
+
+
+def _parse_manifest(raw: bytes) -> list[dict[str, Any]]:
+    """Parse and check a sync manifest. Blocking (CPU: a manifest can list 100k files)."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -350,7 +369,9 @@ async def _read_manifest(request: web.Request) -> list[Any]:
         body = body.get("files")
     if not isinstance(body, list):
         raise errors.BadRequest("The manifest must be a list of {name, size, modified, sha256}.")
-    return body
+    if len(body) > MAX_MANIFEST_ENTRIES:
+        raise errors.BodyTooLarge(f"A manifest may list at most {MAX_MANIFEST_ENTRIES} files.")
+    return [_manifest_entry(entry) for entry in body]
 
 
 def _manifest_entry(entry: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from lanpair import errors
 from lanpair.clock import from_iso, to_iso
-from lanpair.library import Library, Spool, Stored, pump
+from lanpair.library import FILE_MODE, Library, Spool, Stored, pump
 from lanpair.names import safe_relpath
 from lanpair.server.keys import LIBRARY_KEY, SERVICES_KEY, TUS_KEY
 from lanpair.server.middleware import Access, access, caller
@@ -38,8 +38,11 @@ TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,termination,checksum,expiration"
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 LIFETIME = timedelta(hours=24)
+PURGE_EVERY_S = 3600.0
 READ_CHUNK_BYTES = 256 * 1024
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+MAX_RELPATH_PARTS = 16
+MAX_RELPATH_BYTES = 1024
 
 
 @dataclass
@@ -137,7 +140,11 @@ async def create(request: web.Request) -> web.Response:
     if not filename:
         raise errors.BadRequest("Upload-Metadata must carry the file's name (filename).")
     relpath = metadata.get("relpath")
-    safe_relpath(relpath or filename)  # refuse a name that leaves its folder, before any byte
+    parts = safe_relpath(relpath or filename)  # refuse a name that leaves its folder, up front
+    if len(parts) > MAX_RELPATH_PARTS or len("/".join(parts).encode()) > MAX_RELPATH_BYTES:
+        raise errors.BadRequest(
+            f"relpath may have at most {MAX_RELPATH_PARTS} folders and {MAX_RELPATH_BYTES} bytes."
+        )
     await asyncio.to_thread(library.check_space, length)
     who = caller(request)
     upload = Upload(
@@ -151,7 +158,7 @@ async def create(request: web.Request) -> web.Response:
         metadata=request.headers.get("Upload-Metadata", ""),
         expires_at=to_iso(clock.now() + LIFETIME) or "",
     )
-    await asyncio.to_thread(tus.part(upload.id).touch, mode=0o600)
+    await asyncio.to_thread(tus.part(upload.id).touch, mode=FILE_MODE)
     await asyncio.to_thread(tus.save, upload)
     log.info("resumable upload %s started: %s (%d bytes)", upload.id, filename, length)
     return web.Response(
@@ -219,8 +226,12 @@ async def terminate(request: web.Request) -> web.Response:
     _check_version(request)
     _library, tus, _clock = _parts(request)
     upload = await _own(request, tus)
-    _forget(tus, upload.id)
-    await asyncio.to_thread(tus.delete, upload.id)
+    lock = tus.locks.setdefault(upload.id, asyncio.Lock())
+    if lock.locked():
+        raise errors.OffsetMismatch("This upload is receiving bytes; stop that request first.")
+    async with lock:
+        _forget(tus, upload.id)
+        await asyncio.to_thread(tus.delete, upload.id)
     return web.Response(status=204)
 
 
@@ -242,15 +253,38 @@ async def purge_expired(app: web.Application) -> int:
     return len(gone)
 
 
+async def purge_hourly(app: web.Application) -> AsyncIterator[None]:
+    """Purge expired uploads at start and every hour while the daemon runs."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await purge_expired(app)
+            except Exception:
+                log.exception("purging expired uploads failed; trying again in an hour")
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    task = asyncio.create_task(loop(), name="tus-purge")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _receive(
     request: web.Request, spool: Spool, upload: Upload, checksum: tuple[str, bytes] | None
 ) -> None:
     start = spool.size
+    room = upload.length - start
+    if request.content_length is not None and request.content_length > room:
+        raise errors.BadRequest(f"Only {room} more bytes fit in this upload (Upload-Length).")
     digest = CHECKSUMS[checksum[0]]() if checksum else None
 
     async def body() -> AsyncIterator[bytes]:
+        seen = 0  # counted here: the spool's own size lags by what is still being written
         async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
-            if spool.size + len(chunk) > upload.length:
+            seen += len(chunk)
+            if seen > room:
                 raise errors.BadRequest("More bytes arrived than Upload-Length announced.")
             if digest is not None:
                 digest.update(chunk)

@@ -51,7 +51,7 @@ def create_app(services: Services) -> web.Application:
     app.on_shutdown.append(ws.close_all)
     # on_startup runs after every cleanup_ctx has started, so the site is complete by then.
     app.on_startup.append(_prepare_first_code)
-    app.on_startup.append(api_tus.purge_expired)
+    app.cleanup_ctx.append(api_tus.purge_hourly)
     app.on_cleanup.append(_stop_drawing_codes)
     app.on_response_prepare.append(security_headers)
     app.on_response_prepare.append(api_tus.tus_headers)

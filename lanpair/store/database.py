@@ -268,6 +268,7 @@ class Store:
                     folder[0] if folder else None,
                 ),
             )
+            _hand_over_files(conn, replaced, device.device_id)
             return ConfirmOutcome.CONFIRMED, replaced
 
         return await self.write(confirm)
@@ -430,6 +431,20 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
     for number, script in enumerate(migrations[version:], start=version + 1):
         log.info("migrating the state database to schema %d", number)
         conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+def _hand_over_files(conn: sqlite3.Connection, old_ids: list[str], new_id: str) -> None:
+    """Give a re-paired client's files (and trash) to its new pairing."""
+    for old in old_ids:
+        conn.execute("UPDATE files SET device_id = ? WHERE device_id = ?", (new_id, old))
+        conn.execute("UPDATE trash SET device_id = ? WHERE device_id = ?", (new_id, old))
+        conn.execute("UPDATE devices SET file_count = 0 WHERE device_id = ?", (old,))
+    if old_ids:
+        conn.execute(
+            """UPDATE devices SET file_count = (SELECT count(*) FROM files WHERE device_id = ?)
+               WHERE device_id = ?""",
+            (new_id, new_id),
+        )
 
 
 def _audit(

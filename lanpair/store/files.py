@@ -70,14 +70,23 @@ class FileTable:
 
         return await self._store.write(add)
 
-    async def add_many(self, news: list[NewFile], now: datetime) -> None:
-        """Index many files in one transaction (a rescan)."""
+    async def add_many(self, news: list[NewFile], now: datetime, *, older_than: datetime) -> None:
+        """Index what a rescan found, in one transaction.
+
+        A path indexed since ``older_than`` (an upload that landed during the scan) is
+        left as it is; a changed file keeps its id.
+        """
 
         def add_many(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "DELETE FROM files WHERE relpath = ?", [(new.relpath,) for new in news]
+                _INSERT
+                + """ ON CONFLICT (relpath) DO UPDATE SET size = excluded.size,
+                    mtime_ns = excluded.mtime_ns, sha256 = NULL, kind = excluded.kind,
+                    mime = excluded.mime, width = excluded.width, height = excluded.height,
+                    taken_at = excluded.taken_at, thumb = excluded.thumb
+                    WHERE files.added_at < ?""",
+                [(*_row(new, now, None), to_iso(older_than)) for new in news],
             )
-            conn.executemany(_INSERT, [_row(new, now, None) for new in news])
 
         await self._store.write(add_many)
 
@@ -166,11 +175,11 @@ class FileTable:
         )
         return {row[0]: FileStat(row[1], row[2], row[3]) for row in rows}
 
-    async def remove(self, file_ids: Iterable[int]) -> int:
-        """Drop files from the index; return how many were there."""
-        ids = [(i,) for i in file_ids]
+    async def remove(self, file_ids: Iterable[int], *, older_than: datetime) -> int:
+        """Drop files indexed before ``older_than`` from the index; return how many."""
+        rows = [(i, to_iso(older_than)) for i in file_ids]
         cursor = await self._store.write(
-            lambda c: c.executemany("DELETE FROM files WHERE id = ?", ids)
+            lambda c: c.executemany("DELETE FROM files WHERE id = ? AND added_at < ?", rows)
         )
         return int(cursor.rowcount)
 
@@ -290,10 +299,10 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         taken, file_id = json.loads(raw)
-        if not isinstance(taken, str) or not isinstance(file_id, int):
+        if not isinstance(taken, str) or not isinstance(file_id, int) or not 0 <= file_id < 2**63:
             raise TypeError(cursor)
         from_iso(taken)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise BadRequest("The cursor is not one this server gave out.") from None
     return taken, file_id
 
