@@ -27,9 +27,9 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OPEN: list[Any] = []
 
 
-def uploader(daemon: Daemon, token: str, path: Path, **kwargs: Any) -> Any:
-    """Return a tuspy uploader for ``path`` talking to the daemon as a device."""
-    tus = tus_client.TusClient(f"{daemon.url}/api/tus/", headers=bearer(token))
+def uploader(server: Any, token: str, path: Path, **kwargs: Any) -> Any:
+    """Return a tuspy uploader for ``path`` talking to a daemon (anything with .url)."""
+    tus = tus_client.TusClient(f"{server.url}/api/tus/", headers=bearer(token))
     stream = path.open("rb")  # tuspy leaks the files it opens itself; this one is closed
     OPEN.append(stream)
     # tuspy can neither pin a key nor trust a self-signed leaf as its own CA (OpenSSL wants
@@ -300,23 +300,27 @@ def test_an_upload_resumes_across_a_daemon_restart(tmp_path: Path) -> None:
     source = tmp_path / "movie.mov"
     source.write_bytes(data)
 
-    def tus(running: Any, token: str, **kwargs: Any) -> Any:
-        client = tus_client.TusClient(f"{running.url}/api/tus/", headers=bearer(token))
-        stream = source.open("rb")
-        OPEN.append(stream)
-        return client.uploader(
-            file_stream=stream, verify_tls_cert=False, chunk_size=2 * MiB, **kwargs
-        )
-
     with serving(tmp_path / "data", tmp_path / "log") as first:
         device = pair_running(first)
-        up = tus(first, device["device_token"], metadata={"filename": "movie.mov"})
+        up = uploader(
+            first,
+            device["device_token"],
+            source,
+            chunk_size=2 * MiB,
+            metadata={"filename": "movie.mov"},
+        )
         up.upload_chunk()
         url = up.url.split("/api/tus/", 1)[1]
         first.process.send_signal(signal.SIGTERM)
         assert first.process.wait(timeout=5) == 0
     with serving(tmp_path / "data", tmp_path / "log") as second:
-        again = tus(second, device["device_token"], url=f"{second.url}/api/tus/{url}")
+        again = uploader(
+            second,
+            device["device_token"],
+            source,
+            chunk_size=2 * MiB,
+            url=f"{second.url}/api/tus/{url}",
+        )
         assert again.offset == 2 * MiB
         again.upload()
     stored = [p for p in (tmp_path / "data" / "uploads").rglob("movie.mov")]
