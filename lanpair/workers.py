@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import io
 import logging
 import multiprocessing
 import os
@@ -299,9 +301,31 @@ async def _recv_exactly(
     return buffer
 
 
+class _ReplyUnpickler(pickle.Unpickler):
+    """Read a worker's reply, trusting it only with plain data, exceptions and dataclasses.
+
+    A worker parses hostile files; if one ever took it over, a free-form pickle would run
+    code in the daemon. Only classes can be named here (never functions), and only
+    exception types or dataclasses, so a reply can build values but not call anything else.
+    """
+
+    SAFE_HELPERS = frozenset({("copyreg", "__newobj__"), ("copyreg", "_reconstructor")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Resolve a class the reply names, if it is one a reply may hold."""
+        found = super().find_class(module, name)
+        if (module, name) in self.SAFE_HELPERS or found is object:
+            return found
+        if isinstance(found, type) and (
+            issubclass(found, BaseException) or dataclasses.is_dataclass(found)
+        ):
+            return found
+        raise pickle.UnpicklingError(f"a worker's reply may not name {module}.{name}")
+
+
 def _unpack_reply(reply: bytearray, name: str) -> Any:
     try:
-        status, value, detail = pickle.loads(reply)  # noqa: S301 - written by our own worker
+        status, value, detail = _ReplyUnpickler(io.BytesIO(reply)).load()
     except Exception as exc:
         raise WorkerError(f"The reply from {name} could not be read: {exc!r}") from exc
     if status == "ok":
@@ -376,7 +400,7 @@ def _error_reply(exc: Exception, name: str) -> bytes:
     detail = "".join(traceback.format_exception(exc))
     try:
         reply = pickle.dumps(("error", exc, detail), protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(reply)  # noqa: S301 - our own bytes: can the pool rebuild the exception?
+        _ReplyUnpickler(io.BytesIO(reply)).load()  # will the pool accept and rebuild it?
     except Exception:
         fallback = WorkerError(f"{name} raised {exc!r}")
         reply = pickle.dumps(("error", fallback, detail), protocol=pickle.HIGHEST_PROTOCOL)

@@ -60,6 +60,14 @@ async def test_what_cannot_cross_back_becomes_worker_error() -> None:
         assert await pool.run(worker_jobs.add, 1, 2) == 3
 
 
+async def test_a_reply_naming_a_function_is_refused() -> None:
+    """A worker cannot make the daemon call anything: replies may name only data classes."""
+    async with WorkerPool(1) as pool:
+        with pytest.raises(WorkerError, match="may not name"):
+            await pool.run(worker_jobs.returns_a_function)
+        assert await pool.run(worker_jobs.add, 2, 2) == 4
+
+
 async def test_jobs_run_at_most_size_at_once() -> None:
     """20 jobs over 2 workers all finish, two at a time, on the pool's own processes."""
     async with WorkerPool(2) as pool:

@@ -62,3 +62,8 @@ def spin(seconds: float) -> int:
 def exit_hard(code: int) -> None:
     """End the worker process at once, the way a crash in C code would."""
     os._exit(code)
+
+
+def returns_a_function() -> object:
+    """Return a function: a reply the pool must refuse to unpickle (it could run it)."""
+    return os.system
