@@ -98,18 +98,28 @@ async def test_an_upload_resumes_after_the_connection_dies_mid_chunk(
     await asyncio.to_thread(up.upload_chunk)
     url = up.url
     data = await asyncio.to_thread(video.read_bytes)
-    await asyncio.to_thread(
+    cut = await asyncio.to_thread(
         _send_half_a_patch, daemon, phone["device_token"], url, MiB, data[MiB : MiB + 3 * MiB]
     )
-    offset = MiB
-    async with daemon.session(headers={**bearer(phone["device_token"]), **TUS}) as device:
-        for _ in range(100):  # the server notices the cut when it notices: wait for it
-            async with device.head(url) as response:
-                offset = int(response.headers["Upload-Offset"])
-            if offset > MiB:
-                break
+
+    async def offset() -> int:
+        async with (
+            daemon.session(headers={**bearer(phone["device_token"]), **TUS}) as device,
+            device.head(url) as response,
+        ):
+            return int(response.headers["Upload-Offset"])
+
+    async def offset_reaches(least: int) -> int:
+        for _ in range(100):
+            if (now := await offset()) >= least:
+                return now
             await asyncio.sleep(0.1)
-    assert MiB < offset <= MiB + 3 * MiB // 2
+        return await offset()
+
+    # While the connection is open the server stores what it reads; then the cable goes.
+    assert await offset_reaches(2 * MiB) >= 2 * MiB
+    await asyncio.to_thread(cut.close)
+    assert 2 * MiB <= await offset_reaches(MiB + 3 * MiB // 2) <= MiB + 3 * MiB // 2
     # With a url, tuspy asks the server for the offset while it is being built: off the loop.
     again = await asyncio.to_thread(
         uploader, daemon, phone["device_token"], video, chunk_size=MiB, url=url
@@ -118,22 +128,22 @@ async def test_an_upload_resumes_after_the_connection_dies_mid_chunk(
     assert stored_bytes(daemon, "clip.mp4") == data
 
 
-def _send_half_a_patch(daemon: Daemon, token: str, url: str, offset: int, body: bytes) -> None:
-    """Announce ``body`` in a PATCH, send half of it, and drop the connection."""
+def _send_half_a_patch(
+    daemon: Daemon, token: str, url: str, offset: int, body: bytes
+) -> ssl.SSLSocket:
+    """Announce ``body`` in a PATCH and send half of it; return the open socket to cut."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection(("127.0.0.1", daemon.port)) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        head = (
-            f"PATCH {url.split(str(daemon.port), 1)[1]} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n"
-            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        tls.sendall(head.encode() + body[: len(body) // 2])
+    tls = context.wrap_socket(socket.create_connection(("127.0.0.1", daemon.port)))
+    head = (
+        f"PATCH {url.split(str(daemon.port), 1)[1]} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    tls.sendall(head.encode() + body[: len(body) // 2])
+    return tls
 
 
 async def test_another_device_cannot_touch_an_upload(
