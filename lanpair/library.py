@@ -52,7 +52,7 @@ from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
-from lanpair.store import FileQuery, GalleryPage, Store
+from lanpair.store import FileQuery, Store
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,6 @@ class Library:
             and stat.st_size == record.size
             and stat.st_mtime_ns == record.mtime_ns
         )
-
-    async def page(self, query: FileQuery) -> GalleryPage:
-        """Return one page of the gallery."""
-        return await self._store.files.page(query)
 
     async def page_json(self, query: FileQuery) -> str:
         """Return one page of the gallery as JSON text, built off the event loop."""

@@ -1,6 +1,6 @@
 """SQLite state: pairings, devices, the file index and the audit log, in one WAL database."""
 
 from lanpair.store.database import MIGRATIONS, ConfirmOutcome, Store
-from lanpair.store.files import FileQuery, FileTable, GalleryPage
+from lanpair.store.files import FileQuery, FileTable
 
-__all__ = ["MIGRATIONS", "ConfirmOutcome", "FileQuery", "FileTable", "GalleryPage", "Store"]
+__all__ = ["MIGRATIONS", "ConfirmOutcome", "FileQuery", "FileTable", "Store"]

@@ -35,14 +35,6 @@ class FileQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class GalleryPage:
-    """One page of files and the cursor of the next (None on the last page)."""
-
-    items: list[FileRecord]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class FileStat:
     """What a rescan compares: a file's id, size and modification time."""
 
@@ -101,10 +93,6 @@ class FileTable:
         )
         return [_record(row) for row in rows]
 
-    async def by_relpath(self, relpath: str) -> FileRecord | None:
-        """Return the file indexed at a path."""
-        return await self._store.read(lambda c: _maybe(c, "relpath = ?", (relpath,)))
-
     async def present(
         self, folder: str, names_sizes: Iterable[tuple[str, int]], sha256s: Iterable[str]
     ) -> tuple[set[tuple[str, int]], set[str]]:
@@ -131,13 +119,6 @@ class FileTable:
             return {pair for pair in wanted if pair in in_folder}, known
 
         return await self._store.read(present)
-
-    async def page(self, query: FileQuery) -> GalleryPage:
-        """Return one page of files, newest taken first (keyset pagination, never OFFSET)."""
-        return await self.render_page(
-            query,
-            lambda rows, cursor: GalleryPage([_record(row) for row in rows], cursor),
-        )
 
     async def render_page(
         self, query: FileQuery, render: Callable[[list[dict[str, Any]], str | None], T]
@@ -284,18 +265,13 @@ def _row(new: NewFile, now: datetime, file_id: int | None) -> tuple[Any, ...]:
     )
 
 
-def encode_cursor(record: FileRecord) -> str:
-    """Return the opaque cursor that continues after ``record``."""
-    return _cursor(to_iso(record.taken_at) or "", record.id)
-
-
 def _cursor(taken_at: str, file_id: int) -> str:
     raw = json.dumps([taken_at, file_id]).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def decode_cursor(cursor: str) -> tuple[str, int]:
-    """Read a cursor made by encode_cursor. Raises BadRequest."""
+    """Read a cursor made by _cursor. Raises BadRequest."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         taken, file_id = json.loads(raw)
