@@ -71,6 +71,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from procfs import cpu_seconds, machine
+
 BENCH_DIR = Path(__file__).resolve().parent
 MiB = 1 << 20
 GiB = 1 << 30
@@ -231,16 +233,6 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on port {port} within {START_TIMEOUT_S:.0f} s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return a process's utime + stime, all threads, from /proc/<pid>/stat (0 if gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_of(pid: int) -> list[int]:
@@ -1223,22 +1215,6 @@ def print_report(results: Results) -> None:
 
 
 # -- main -----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """Describe the machine: CPUs usable here, CPU model, load average, kernel."""
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "kernel": platform.release(),
-    }
 
 
 def tool_version(command: list[str], pattern: str) -> str:
