@@ -114,3 +114,38 @@ async def test_without_accepting_the_certificate_the_page_does_not_load(
     page = await context.new_page()
     with pytest.raises(Exception, match="ERR_CERT_AUTHORITY_INVALID"):
         await page.goto(f"{daemon.url}/pair-confirm")
+
+
+async def test_a_phone_sends_photos_from_the_explorer_and_the_pc_sees_them_live(
+    daemon: Daemon, browser: Any, tmp_path: Any
+) -> None:
+    """After pairing, the phone's gallery page uploads with progress; the PC's updates live."""
+    from PIL import Image
+
+    errors: list[str] = []
+    pc = await open_page(browser, errors)
+    await pc.goto(f"{daemon.url}/explorer")
+    await pc.wait_for_selector("#app:not([hidden])")
+    await pc.wait_for_selector(".live-on")
+
+    code_page = await open_page(browser, errors)
+    await code_page.goto(f"{daemon.url}/pairing")
+    await code_page.wait_for_selector("#code-body:not([hidden])")
+    phone = await open_page(browser, errors)
+    await phone.goto(await code_page.text_content("#url") or "")
+    await phone.wait_for_selector("#pair-form:not([hidden])")
+    await phone.click("#pair")
+    await phone.wait_for_selector("#done:not([hidden])")
+    await phone.click("#open-gallery")
+    await phone.wait_for_selector("#app:not([hidden])")
+
+    photo = tmp_path / "beach.jpg"
+    Image.new("RGB", (1200, 900), "orange").save(photo, "JPEG")
+    await phone.set_input_files("#files", str(photo))
+    await phone.wait_for_selector(".upload-state:text('Sent ✓')")
+    await phone.wait_for_selector(".tile[title='beach.jpg']")
+
+    await pc.wait_for_selector(".tile[title='beach.jpg']")  # pushed, not fetched
+    await pc.click(".tile[title='beach.jpg']")
+    await pc.wait_for_selector("#viewer[open] img")
+    assert errors == []

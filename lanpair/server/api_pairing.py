@@ -16,6 +16,7 @@ from lanpair.server.middleware import (
     field,
     json_response,
     read_json,
+    set_device_cookie,
 )
 
 routes = web.RouteTableDef()
@@ -72,15 +73,7 @@ async def confirm(request: web.Request) -> web.Response:
             "expires_at": to_iso(device.expires_at),
         }
     )
-    response.set_cookie(
-        COOKIE_NAME,
-        confirmation.device_token,
-        max_age=int(services.pairing.pairing_ttl_s),
-        path="/",
-        httponly=True,
-        secure=request.secure,
-        samesite="Strict",
-    )
+    set_device_cookie(response, request, confirmation.device_token, services.pairing.pairing_ttl_s)
     return response
 
 

@@ -276,6 +276,21 @@ def field(data: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def set_device_cookie(
+    response: web.StreamResponse, request: web.Request, token: str, max_age_s: float
+) -> None:
+    """Keep a device's token in the browser: HttpOnly, SameSite=Strict, Secure under TLS."""
+    response.set_cookie(
+        COOKIE_NAME,
+        token,
+        max_age=max(0, int(max_age_s)),
+        path="/",
+        httponly=True,
+        secure=request.secure,
+        samesite="Strict",
+    )
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
     """Answer with JSON that is never cached."""
     response = web.json_response(data, status=status)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from lanpair.paths import web_dir
-from lanpair.server.middleware import Access, access, is_owner_request
+from lanpair.server.keys import SERVICES_KEY
+from lanpair.server.middleware import Access, access, caller, is_owner_request, set_device_cookie
 
 routes = web.RouteTableDef()
 
@@ -29,6 +30,25 @@ async def pairing(request: web.Request) -> web.StreamResponse:
 async def pair_confirm(request: web.Request) -> web.StreamResponse:
     """Show the phone's confirm page (it reads the code from the URL fragment)."""
     return _page("pair-confirm.html")
+
+
+@routes.get("/explorer")
+@access(Access.ANYONE)
+async def explorer(request: web.Request) -> web.StreamResponse:
+    """Show the gallery and the upload button (the page asks the API who is calling)."""
+    return _page("explorer.html")
+
+
+@routes.get("/explorer/{token}")
+@access(Access.DEVICE)
+async def explorer_link(request: web.Request) -> web.StreamResponse:
+    """The seed's link with the token in it: keep the pairing in a cookie, drop the token."""
+    who = caller(request)
+    response = web.HTTPFound("/explorer")
+    if who.device is not None:
+        left = who.device.expires_at - request.app[SERVICES_KEY].clock.now()
+        set_device_cookie(response, request, request.match_info["token"], left.total_seconds())
+    raise response
 
 
 def _page(name: str) -> web.FileResponse:

@@ -1,0 +1,406 @@
+import { api, ApiError, el, formatDate, showError, clearError } from './api.js';
+
+const $ = (id) => document.getElementById(id);
+const banner = $('error');
+const PAGE_SIZE = 60;
+const MAX_PARALLEL_UPLOADS = 3;
+const NETWORK_MESSAGE = 'Could not reach lanpair. Check that the PC is on and on the same network.';
+
+const gallery = { items: [], tiles: new Map(), cursor: null, generation: 0, loading: false, pending: [] };
+const uploads = { queue: [], active: 0, total: 0, sent: 0, failed: 0 };
+const live = { socket: null, lastId: null, retries: 0, timer: null, stopped: false };
+let viewingId = null;
+
+const key = (id) => String(id);
+const indexOf = (id) => gallery.items.findIndex((item) => key(item.id) === key(id));
+
+function isUnauthorized(error) {
+  return error instanceof ApiError && error.status === 401;
+}
+
+function notPaired() {
+  live.stopped = true;
+  clearTimeout(live.timer);
+  live.socket?.close();
+  if ($('viewer').open) $('viewer').close();
+  $('app').hidden = true;
+  $('live').hidden = true;
+  clearError(banner);
+  $('not-paired').hidden = false;
+}
+
+function formatDuration(seconds) {
+  const total = Math.max(0, Math.round(seconds));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${s}` : `${m}:${s}`;
+}
+
+function formatSize(bytes) {
+  if (!Number.isFinite(bytes)) return '';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return `${value.toFixed(unit && value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+/* ---------- Gallery ---------- */
+
+function tileContent(item) {
+  if (!item.thumb) return el('span', { class: 'tile-file', text: item.name });
+  return el('img', { attrs: { src: item.thumb, alt: item.name, loading: 'lazy', decoding: 'async' } });
+}
+
+function videoBadge(item) {
+  if (item.type !== 'video' || item.duration === null || item.duration === undefined) return null;
+  return el('span', { class: 'badge', text: `▶ ${formatDuration(item.duration)}`, attrs: { 'aria-hidden': 'true' } });
+}
+
+function renderTile(item) {
+  const button = el('button', { class: 'tile', attrs: { type: 'button', 'data-id': item.id, title: item.name, 'aria-label': item.name } },
+    tileContent(item), videoBadge(item));
+  return el('li', {}, button);
+}
+
+function refreshEmpty() {
+  $('gallery-empty').hidden = gallery.loading || gallery.items.length > 0;
+}
+
+function addItem(item, { atTop = false } = {}) {
+  if (!item || gallery.tiles.has(key(item.id))) return;
+  const tile = renderTile(item);
+  gallery.tiles.set(key(item.id), tile);
+  if (atTop) {
+    gallery.items.unshift(item);
+    $('grid').prepend(tile);
+  } else {
+    gallery.items.push(item);
+    $('grid').append(tile);
+  }
+}
+
+function removeItem(id) {
+  const tile = gallery.tiles.get(key(id));
+  if (!tile) return;
+  tile.remove();
+  gallery.tiles.delete(key(id));
+  gallery.items = gallery.items.filter((item) => key(item.id) !== key(id));
+  if (viewingId === key(id)) $('viewer').close();
+}
+
+function replaceItem(oldId, item) {
+  if (key(oldId) !== key(item.id)) removeItem(item.id);
+  const tile = gallery.tiles.get(key(oldId));
+  if (!tile) return;
+  const fresh = renderTile(item);
+  tile.replaceWith(fresh);
+  gallery.tiles.delete(key(oldId));
+  gallery.tiles.set(key(item.id), fresh);
+  gallery.items = gallery.items.map((old) => (key(old.id) === key(oldId) ? item : old));
+  if (viewingId === key(oldId)) showInViewer(item);
+}
+
+function resetGallery() {
+  gallery.items = [];
+  gallery.tiles.clear();
+  gallery.cursor = null;
+  $('grid').replaceChildren();
+}
+
+async function loadPage({ fresh = false } = {}) {
+  const generation = fresh ? ++gallery.generation : gallery.generation;
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (!fresh && gallery.cursor) query.set('cursor', gallery.cursor);
+  const more = $('more');
+  more.disabled = true;
+  gallery.loading = true;
+  try {
+    const page = await api(`/api/gallery?${query}`);
+    if (generation !== gallery.generation) return;
+    if (fresh) resetGallery();
+    for (const item of page?.items ?? []) addItem(item);
+    gallery.cursor = page?.next_cursor ?? null;
+  } catch (error) {
+    if (generation !== gallery.generation) return;
+    if (isUnauthorized(error)) notPaired();
+    else showError(banner, error);
+  } finally {
+    if (generation === gallery.generation) {
+      gallery.loading = false;
+      $('gallery-loading').hidden = true;
+      more.disabled = false;
+      more.hidden = !gallery.cursor;
+      refreshEmpty();
+      flushPendingEvents();
+    }
+  }
+}
+
+/* ---------- Viewer ---------- */
+
+function viewerMedia(item) {
+  if (item.type === 'image') return el('img', { attrs: { src: item.path, alt: item.name } });
+  if (item.type === 'video') return el('video', { attrs: { src: item.path, controls: true, playsinline: true, preload: 'metadata' } });
+  return el('div', { class: 'viewer-file' },
+    el('span', { class: 'viewer-file-name', text: item.name }),
+    el('a', { class: 'send', text: 'Download', attrs: { href: item.path, download: item.name } }));
+}
+
+function viewerMeta(item) {
+  return [formatSize(item.size), item.taken_at ? formatDate(item.taken_at) : ''].filter(Boolean).join(' · ');
+}
+
+function showInViewer(item) {
+  viewingId = key(item.id);
+  $('viewer-name').textContent = item.name;
+  $('viewer-meta').textContent = viewerMeta(item);
+  $('viewer-media').replaceChildren(viewerMedia(item));
+  const index = indexOf(item.id);
+  $('viewer-prev').disabled = index <= 0;
+  $('viewer-next').disabled = index < 0 || index >= gallery.items.length - 1;
+}
+
+function openViewer(id) {
+  const item = gallery.items[indexOf(id)];
+  if (!item) return;
+  showInViewer(item);
+  if (!$('viewer').open) $('viewer').showModal();
+}
+
+function step(offset) {
+  const index = indexOf(viewingId);
+  const next = gallery.items[index + offset];
+  if (index >= 0 && next) showInViewer(next);
+}
+
+function closeViewer() {
+  viewingId = null;
+  $('viewer-media').replaceChildren();
+}
+
+function onViewerKey(event) {
+  if (event.target instanceof HTMLMediaElement) return;
+  if (event.key === 'ArrowLeft') step(-1);
+  else if (event.key === 'ArrowRight') step(1);
+  else return;
+  event.preventDefault();
+}
+
+/* ---------- Uploads ---------- */
+
+function uploadRow(file) {
+  const progress = el('progress', { attrs: { max: '1', value: '0', 'aria-label': `Progress of ${file.name}` } });
+  const state = el('span', { class: 'upload-state', text: 'Waiting…' });
+  const row = el('li', { class: 'upload' }, el('span', { class: 'upload-name', text: file.name }), state, progress);
+  return { file, row, progress, state };
+}
+
+function updateTotal() {
+  const line = $('upload-total');
+  const failed = uploads.failed ? ` · ${uploads.failed} failed` : '';
+  line.textContent = `${uploads.sent} of ${uploads.total} sent${failed}`;
+  line.hidden = uploads.total === 0;
+}
+
+function outcome(status, body) {
+  if (status === 0) return { ok: false, message: NETWORK_MESSAGE };
+  const file = body?.files?.[0];
+  if (file?.ok) return { ok: true, message: file.duplicate ? 'Already on the PC ✓' : 'Sent ✓', item: file.item };
+  if (file) return { ok: false, message: file.message || 'The PC refused this file.' };
+  return { ok: false, message: body?.message || `Upload failed (HTTP ${status}).` };
+}
+
+function finishUpload(job, result) {
+  job.state.textContent = result.message;
+  job.row.classList.add(result.ok ? 'done' : 'failed');
+  job.progress.value = result.ok ? 1 : job.progress.value;
+  if (result.ok) uploads.sent += 1;
+  else uploads.failed += 1;
+  if (result.item) addItem(result.item, { atTop: true });
+  refreshEmpty();
+  updateTotal();
+  uploads.active -= 1;
+  pumpUploads();
+}
+
+function startUpload(job) {
+  const xhr = new XMLHttpRequest();
+  xhr.open('POST', '/api/upload');
+  xhr.responseType = 'json';
+  xhr.setRequestHeader('Accept', 'application/json');
+  xhr.upload.addEventListener('progress', (event) => {
+    if (event.lengthComputable) job.progress.value = event.loaded / event.total;
+  });
+  xhr.upload.addEventListener('load', () => { job.state.textContent = 'Saving…'; });
+  xhr.addEventListener('load', () => finishUpload(job, outcome(xhr.status, xhr.response)));
+  xhr.addEventListener('error', () => finishUpload(job, outcome(0, null)));
+  xhr.addEventListener('abort', () => finishUpload(job, { ok: false, message: 'Cancelled.' }));
+  const form = new FormData();
+  form.append('modified', String(job.file.lastModified));
+  form.append('file', job.file, job.file.name);
+  job.state.textContent = 'Sending…';
+  xhr.send(form);
+}
+
+function pumpUploads() {
+  while (uploads.active < MAX_PARALLEL_UPLOADS && uploads.queue.length) {
+    uploads.active += 1;
+    startUpload(uploads.queue.shift());
+  }
+}
+
+function isUploading() {
+  return uploads.active > 0 || uploads.queue.length > 0;
+}
+
+function queueFiles(files) {
+  if (!files.length) return;
+  if (!isUploading()) {
+    Object.assign(uploads, { total: 0, sent: 0, failed: 0 });
+    $('uploads').replaceChildren();
+  }
+  for (const file of files) {
+    const job = uploadRow(file);
+    $('uploads').append(job.row);
+    uploads.queue.push(job);
+    uploads.total += 1;
+  }
+  updateTotal();
+  pumpUploads();
+}
+
+/* ---------- Live events ---------- */
+
+function setLive(state) {
+  const dot = $('live');
+  dot.hidden = false;
+  dot.className = `live live-${state}`;
+  dot.textContent = state === 'on' ? 'live' : 'reconnecting…';
+}
+
+function applyEvent(event) {
+  const data = event.data ?? {};
+  if (event.type === 'file.added') addItem(data.item, { atTop: true });
+  else if (event.type === 'file.removed') removeItem(data.id);
+  else if (event.type === 'file.moved' && data.item) replaceItem(data.id ?? data.item.id, data.item);
+  else if (event.type === 'resync') {
+    loadPage({ fresh: true });
+    return;
+  }
+  refreshEmpty();
+}
+
+function flushPendingEvents() {
+  const pending = gallery.pending.splice(0);
+  pending.forEach(applyEvent);
+}
+
+function onMessage(message) {
+  let event;
+  try {
+    event = JSON.parse(message.data);
+  } catch {
+    return;
+  }
+  if (event.id !== null && event.id !== undefined) live.lastId = event.id;
+  if (gallery.loading && event.type !== 'resync') gallery.pending.push(event);
+  else applyEvent(event);
+}
+
+function eventsUrl() {
+  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+  const since = live.lastId !== null ? `?since=${encodeURIComponent(live.lastId)}` : '';
+  return `${scheme}${location.host}/api/events${since}`;
+}
+
+async function stillPaired() {
+  try {
+    await api('/api/me');
+    return true;
+  } catch (error) {
+    return !isUnauthorized(error);
+  }
+}
+
+async function onClose(event, opened) {
+  if (live.stopped) return;
+  if (event.code === 4401 || (!opened && !(await stillPaired()))) {
+    notPaired();
+    return;
+  }
+  setLive('off');
+  const delay = Math.min(30_000, 2000 * 2 ** live.retries);
+  live.retries += 1;
+  live.timer = setTimeout(connect, delay);
+}
+
+function connect() {
+  if (live.stopped) return;
+  const socket = new WebSocket(eventsUrl());
+  let opened = false;
+  live.socket = socket;
+  socket.addEventListener('open', () => {
+    opened = true;
+    live.retries = 0;
+    setLive('on');
+  });
+  socket.addEventListener('message', onMessage);
+  socket.addEventListener('close', (event) => onClose(event, opened));
+}
+
+/* ---------- Start ---------- */
+
+function showWho(me) {
+  const name = me.owner ? 'This PC' : me.device_name || 'This device';
+  $('title').textContent = `lanpair · ${name}`;
+  document.title = `lanpair · ${name}`;
+}
+
+function bindEvents() {
+  const input = $('files');
+  input.addEventListener('change', () => {
+    queueFiles(Array.from(input.files ?? []));
+    input.value = '';
+  });
+  $('more').addEventListener('click', () => loadPage());
+  $('grid').addEventListener('click', (event) => {
+    const tile = event.target.closest('[data-id]');
+    if (tile) openViewer(tile.dataset.id);
+  });
+  const viewer = $('viewer');
+  viewer.addEventListener('close', closeViewer);
+  viewer.addEventListener('keydown', onViewerKey);
+  viewer.addEventListener('click', (event) => { if (event.target === viewer) viewer.close(); });
+  $('viewer-close').addEventListener('click', () => viewer.close());
+  $('viewer-prev').addEventListener('click', () => step(-1));
+  $('viewer-next').addEventListener('click', () => step(1));
+  window.addEventListener('beforeunload', (event) => {
+    if (!isUploading()) return;
+    event.preventDefault();
+    event.returnValue = '';
+  });
+}
+
+async function init() {
+  let me;
+  try {
+    me = await api('/api/me');
+  } catch (error) {
+    if (isUnauthorized(error)) notPaired();
+    else showError(banner, error);
+    return;
+  }
+  showWho(me);
+  bindEvents();
+  $('app').hidden = false;
+  gallery.loading = true;
+  connect();
+  loadPage({ fresh: true });
+}
+
+init();
