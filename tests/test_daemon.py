@@ -54,10 +54,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[Running]:
-    """Run ``lanpair serve`` until the block ends, then stop it with SIGTERM."""
-    command = [
+def serve_command(data_dir: Path, port: str = "0") -> list[str]:
+    """Return the command that runs a daemon on loopback, without mDNS, on ``data_dir``."""
+    return [
         sys.executable,
         "-m",
         "lanpair",
@@ -65,14 +64,17 @@ def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[Running]:
         "--host",
         "127.0.0.1",
         "--port",
-        "0",
+        port,
         "--no-mdns",
         "--data-dir",
         str(data_dir),
-        "--log-level",
-        "debug",
-        *extra,
     ]
+
+
+@contextmanager
+def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[Running]:
+    """Run ``lanpair serve`` until the block ends, then stop it with SIGTERM."""
+    command = [*serve_command(data_dir), "--log-level", "debug", *extra]
     with log.open("a") as stderr:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env()
@@ -244,19 +246,7 @@ def test_port_in_use_is_reported_without_a_traceback(tmp_path: Path) -> None:
     with serving(tmp_path / "a", tmp_path / "log") as running:
         port = running.url.rsplit(":", 1)[1]
         clash = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lanpair",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                port,
-                "--no-mdns",
-                "--data-dir",
-                str(tmp_path / "b"),
-            ],
+            serve_command(tmp_path / "b", port),
             capture_output=True,
             text=True,
             timeout=30,
