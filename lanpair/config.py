@@ -21,6 +21,7 @@ from lanpair.errors import ConfigError
 APP_NAME = "lanpair"
 ENV_PREFIX = "LANPAIR_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+WATCH_MODES = ("auto", "events", "rescan")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -89,6 +90,14 @@ SETTINGS: tuple[Setting, ...] = (
         "max_upload", "size", 0, "largest file accepted in one upload (0: no limit)", "no limit"
     ),
     Setting("thumb_workers", "int", 2, "processes drawing thumbnails"),
+    Setting(
+        "watch",
+        "choice",
+        "auto",
+        "how files put into the library by hand are noticed: file events, a rescan every "
+        "30 s, or auto (events; rescans on network filesystems, where events never arrive)",
+        choices=WATCH_MODES,
+    ),
     Setting("tls", "bool", True, "serve HTTPS with a self-signed certificate (--no-tls: HTTP)"),
     Setting("mdns", "bool", True, "advertise the daemon on the LAN with mDNS (--no-mdns: off)"),
     Setting("name", "str", None, "the PC's display name shown to phones", "the host name"),
@@ -126,6 +135,7 @@ class Settings:
     reserve_bytes: int
     max_upload_bytes: int
     thumb_workers: int
+    watch: str
     tls: bool
     mdns: bool
     name: str

@@ -27,6 +27,7 @@ from lanpair.pairing import Pairing
 from lanpair.paths import LibraryPaths, Paths
 from lanpair.server import Services, add_lifecycle, create_app, serving
 from lanpair.store import Store
+from lanpair.watcher import WatchMode
 from lanpair.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ async def _serve(
         run_job=pool.run,
         thumb_tasks=settings.thumb_workers,
         hub=hub,
+        watch=WatchMode(settings.watch),
     )
     app = create_app(
         Services(

@@ -60,6 +60,16 @@ class Subscription:
             raise Closed(self.closed or CLOSE_GOING_AWAY)
         return event
 
+    def ready(self) -> list[Event]:
+        """Return the events already waiting, without waiting for more (a burst at once)."""
+        taken, self.pending = self.pending, []
+        while self.closed is None and not self.queue.empty():
+            event = self.queue.get_nowait()
+            if event is None:
+                break
+            taken.append(event)
+        return taken
+
 
 class EventHub:
     """Number events, keep the last few, hand each to every subscriber."""

@@ -29,14 +29,16 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Iterator,
     Mapping,
 )
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from stat import S_ISDIR as stat_is_dir
 from stat import S_ISREG as stat_is_file
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from lanpair import media
 from lanpair.clock import Clock, to_iso
@@ -52,7 +54,10 @@ from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
-from lanpair.store import FileQuery, Store
+from lanpair.store import FileQuery, FileStat, Indexed, Store
+
+if TYPE_CHECKING:
+    from lanpair.watcher import Change, WatchMode
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,7 @@ class Library:
         run_job: Job | None = None,
         thumb_tasks: int = 2,
         hub: EventHub | None = None,
+        watch: WatchMode | None = None,
     ) -> None:
         self._store = store
         self.paths = paths
@@ -108,52 +114,80 @@ class Library:
         self.hub = hub or EventHub(clock.now)
         self._thumbs = Thumbnails(store, paths.root, thumbs_dir, run_job or _in_thread)
         self._thumb_tasks = thumb_tasks
-        self._queue: asyncio.Queue[tuple[FileRecord, bool]] = asyncio.Queue(THUMB_QUEUE)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._queue: asyncio.Queue[tuple[FileRecord, str | None]] = asyncio.Queue(THUMB_QUEUE)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._folders: dict[str, str] = {}  # device id -> folder; a folder never changes
         self._file_locks: dict[int, asyncio.Lock] = {}
+        self._watch = watch
+        self._stack = contextlib.AsyncExitStack()
+        self._scanned = asyncio.Event()
+        self._claims: dict[str, int] = {}  # paths lanpair itself is changing right now
+        self._deferred: set[str] = set()  # what the watcher saw there meanwhile
 
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
+        self._scanned.clear()
         await asyncio.to_thread(self.paths.ensure)
         await asyncio.to_thread(_empty, self.paths.staging)  # partials of uploads cut by a stop
         await asyncio.to_thread(self._thumbs.dir.mkdir, parents=True, exist_ok=True)
         for n in range(self._thumb_tasks):
-            self._tasks.append(_spawn(self._draw_thumbnails(), f"thumbnails-{n}"))
-        self._tasks.append(_spawn(self._scan_then_fill(), "library-scan"))
-        self._tasks.append(_spawn(self._purge_hourly(), "trash-purge"))
+            self._run_task(self._draw_thumbnails(), f"thumbnails-{n}")
+        if self._watch is not None:  # watch first, so nothing lands unseen during the scan
+            from lanpair.watcher import Watcher  # only here: the HTTP layer needs no watchdog
+
+            watcher = Watcher(
+                self.paths.root, self.apply, mode=self._watch, ignore=frozenset({INTERNAL_DIR_NAME})
+            )
+            await self._stack.enter_async_context(watcher)
+        self._run_task(self._scan_then_fill(), "library-scan")
+        self._run_task(self._purge_hourly(), "trash-purge")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        """Stop scanning and drawing."""
+        """Stop watching, scanning and drawing."""
+        await self._stack.aclose()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
+    def _run_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = _spawn(coro, name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def thumbnail(self, record: FileRecord) -> Path | None:
         """Return a file's thumbnail, drawing it now if it is still missing."""
         return await self._thumbs.ensure(record)
 
-    def _on_indexed(self, record: FileRecord, *, announce: bool = True) -> None:
-        """Queue the thumbnail; announce the file once it has one (or has none to wait for)."""
+    async def _announce(self, record: FileRecord, indexed: Indexed, *, announce: bool) -> None:
+        """Queue a new or changed file's thumbnail; announce the file once it has one."""
+        if indexed is Indexed.SAME:
+            return  # a second sighting: whoever indexed it first announced it
+        if indexed is Indexed.CHANGED:  # edited in place: the cached thumbnail is of the old one
+            await asyncio.to_thread(self._thumbs.forget, record)
+        event = ("file.added" if indexed is Indexed.ADDED else "file.updated") if announce else None
         if record.thumb is ThumbState.PENDING:
             try:
-                self._queue.put_nowait((record, announce))
+                self._queue.put_nowait((record, event))
                 return
             except asyncio.QueueFull:
                 pass  # drawn on demand later
-        if announce:
-            self.hub.publish("file.added", {"item": item_json(record)})
+        if event is not None:
+            self.hub.publish(event, {"item": item_json(record)})
+            await asyncio.sleep(0)  # in a burst, let subscribers take each before the next
 
     async def _draw_thumbnails(self) -> None:
         while True:
-            record, announce = await self._queue.get()
-            await self._thumbs.ensure(record)
-            if announce:
-                fresh = await self._store.files.get(record.id)
-                if fresh is not None:
-                    self.hub.publish("file.added", {"item": item_json(fresh)})
+            record, event = await self._queue.get()
+            try:
+                await self._thumbs.ensure(record)
+                fresh = await self._store.files.get(record.id) if event else None
+            except Exception:  # one bad file must not stop the drawing
+                log.exception("drawing the thumbnail of %s failed", record.relpath)
+                fresh = record
+            if event is not None and fresh is not None:
+                self.hub.publish(event, {"item": item_json(fresh)})
 
     async def _purge_hourly(self) -> None:
         while True:
@@ -164,10 +198,13 @@ class Library:
                 log.exception("purging the trash failed; trying again in an hour")
 
     async def _scan_then_fill(self) -> None:
-        await self.purge_trash()
-        await self.scan()
+        try:
+            await self.purge_trash()
+            await self.scan()
+        finally:
+            self._scanned.set()  # the watcher's changes wait for this
         for record in await self._store.files.pending_thumbs():
-            await self._queue.put((record, False))
+            await self._queue.put((record, None))
 
     async def folder_of(self, caller: Caller) -> tuple[str, str | None]:
         """Return the folder a caller uploads into, and the device id its files belong to."""
@@ -256,8 +293,12 @@ class Library:
     ) -> FileRecord:
         path = self.paths.root / relpath
         new = await asyncio.to_thread(_describe, path, relpath, folder, device_id, sha256, head)
-        record = await self._store.files.add(new, self._clock.now(), file_id=file_id)
-        self._on_indexed(record)
+        if file_id is not None:
+            record = await self._store.files.add(new, self._clock.now(), file_id=file_id)
+            indexed = Indexed.ADDED
+        else:
+            [(record, indexed)] = await self._store.files.index([new], self._clock.now())
+        await self._announce(record, indexed, announce=True)
         return record
 
     def _still_there(self, record: FileRecord) -> bool:
@@ -327,9 +368,10 @@ class Library:
         record, path = await self.open(file_id)
         _may_change(caller, record.device_id)
         trash_name = f"{record.id}-{secrets.token_hex(4)}"
-        await asyncio.to_thread(os.rename, path, self.paths.trash / trash_name)
         by = caller.device.device_id if caller.device else PC_OWNER
-        await self._store.files.trash(record, trash_name, self._clock.now(), by)
+        with self._claiming(record.relpath):
+            await asyncio.to_thread(os.rename, path, self.paths.trash / trash_name)
+            await self._store.files.trash(record, trash_name, self._clock.now(), by)
         await asyncio.to_thread(self._thumbs.forget, record)
         log.info("moved %s to the trash (%s)", record.relpath, by)
         self.hub.publish("file.removed", {"id": record.id})
@@ -349,15 +391,15 @@ class Library:
             raise NotFound("There is no such file in the trash.")
         _may_change(caller, trashed.device_id)
         source = self.paths.trash / trashed.trash_name
-        relpath = await asyncio.to_thread(
-            _place, self.paths.root, source, tuple(trashed.relpath.split("/"))
-        )
-        await asyncio.to_thread(source.unlink)
-        await self._store.files.untrash(file_id)
-        head = await asyncio.to_thread(_read_head, self.paths.root / relpath)
-        record = await self._index(
-            relpath, trashed.folder, trashed.device_id, trashed.sha256, head, file_id=file_id
-        )
+        parts = tuple(trashed.relpath.split("/"))
+        with self._claiming("/".join(parts[:-1])):  # the name is picked as it is placed
+            relpath = await asyncio.to_thread(_place, self.paths.root, source, parts)
+            await asyncio.to_thread(source.unlink)
+            await self._store.files.untrash(file_id)
+            head = await asyncio.to_thread(_read_head, self.paths.root / relpath)
+            record = await self._index(
+                relpath, trashed.folder, trashed.device_id, trashed.sha256, head, file_id=file_id
+            )
         log.info("restored %s from the trash", relpath)
         return record
 
@@ -371,13 +413,18 @@ class Library:
         _may_change(caller, record.device_id)
         name = safe_name(new_name)
         target = path.with_name(name)
-        try:
-            await asyncio.to_thread(os.link, path, target)
-        except FileExistsError:
-            raise NameTaken(f"There is already a file named {name!r} there.") from None
-        await asyncio.to_thread(path.unlink)
         relpath = "/".join((*record.relpath.split("/")[:-1], name))
-        moved = await self._store.files.move(record.id, relpath, record.folder)
+        with self._claiming(record.relpath, relpath):
+            try:
+                await asyncio.to_thread(os.link, path, target)
+            except FileExistsError:
+                raise NameTaken(f"There is already a file named {name!r} there.") from None
+            await asyncio.to_thread(path.unlink)
+            moved = await self._store.files.move(
+                record.id, relpath, record.folder, record.device_id
+            )
+        if moved is None:
+            raise NotFound("The file left the library while it was renamed.")
         log.info("renamed %s to %s", record.relpath, name)
         self.hub.publish("file.moved", {"id": record.id, "item": item_json(moved)})
         return moved
@@ -387,6 +434,30 @@ class Library:
         """Let one delete, restore or rename of a file run at a time."""
         async with self._file_locks.setdefault(file_id, asyncio.Lock()):
             yield
+
+    @contextlib.contextmanager
+    def _claiming(self, *relpaths: str) -> Iterator[None]:
+        """Keep the watcher off these paths (files, or folders) while lanpair changes them.
+
+        What the watcher saw there meanwhile is looked at again afterwards.
+        """
+        for relpath in relpaths:
+            self._claims[relpath] = self._claims.get(relpath, 0) + 1
+        try:
+            yield
+        finally:
+            for relpath in relpaths:
+                self._claims[relpath] -= 1
+                if not self._claims[relpath]:
+                    del self._claims[relpath]
+            free = [p for p in self._deferred if not self._claimed(p)]
+            if free:
+                self._deferred.difference_update(free)
+                self._run_task(self._sync_paths(free), "watch-deferred")
+
+    def _claimed(self, relpath: str) -> bool:
+        parts = relpath.split("/")
+        return any("/".join(parts[:n]) in self._claims for n in range(1, len(parts) + 1))
 
     async def trash(self, caller: Caller) -> list[TrashedFile]:
         """Return the trash a caller may see: a device its own files, the owner all."""
@@ -405,40 +476,115 @@ class Library:
             log.info("purged %d file(s) from the trash (older than 30 days)", len(old))
         return len(old)
 
-    async def scan(self) -> ScanReport:
-        """Bring the index in line with the disk: add new files, drop vanished ones."""
+    async def scan(self, folder: str = "", *, announce: bool = False) -> ScanReport:
+        """Bring the index in line with the disk (all of it, or one folder's tree): add new
+        files, update changed ones, drop vanished ones; with ``announce``, say so."""
         started = time.monotonic()
-        # Uploads indexed from this second on are the ingest's business, not the scan's.
-        scan_start = self._clock.now().replace(microsecond=0)
         indexed, on_disk = await asyncio.gather(  # read the index while walking the disk
-            self._store.files.stats(), asyncio.to_thread(_walk, self.paths.root)
+            self._store.files.stats(folder), asyncio.to_thread(_walk, self.paths.root, folder)
         )
-        folders = await self._device_folders()
-        gone = [stat.id for relpath, stat in indexed.items() if relpath not in on_disk]
+        gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
         changed = [
             relpath
             for relpath, (size, mtime_ns) in on_disk.items()
             if relpath not in indexed
             or (indexed[relpath].size, indexed[relpath].mtime_ns) != (size, mtime_ns)
         ]
-        removed = await self._store.files.remove(gone, older_than=scan_start) if gone else 0
-        for relpath in changed:  # edited in place: the cached thumbnail is of the old picture
-            if relpath in indexed:
-                await asyncio.to_thread(self._thumbs.forget_id, indexed[relpath].id)
+        removed = await self._unindex(gone, announce=announce)
+        folders = await self._device_folders() if changed else {}
         for start in range(0, len(changed), SCAN_BATCH):
             batch = changed[start : start + SCAN_BATCH]
             described = await asyncio.to_thread(_describe_many, self.paths.root, batch, folders)
-            await self._store.files.add_many(described, self._clock.now(), older_than=scan_start)
+            for record, outcome in await self._store.files.index(described, self._clock.now()):
+                await self._announce(record, outcome, announce=announce)
         took = timedelta(seconds=time.monotonic() - started)
         report = ScanReport(len(on_disk), len(changed), removed, took)
-        log.info(
-            "library scan: %d files, %d new or changed, %d gone (%.1fs)",
-            report.files,
-            report.added,
-            report.removed,
-            report.took.total_seconds(),
-        )
+        if folder == "" or report.added or report.removed:
+            log.info(
+                "library scan%s: %d files, %d new or changed, %d gone (%.1fs)",
+                f" of {folder}" if folder else "",
+                report.files,
+                report.added,
+                report.removed,
+                report.took.total_seconds(),
+            )
         return report
+
+    # -- what the watcher saw ----------------------------------------------------------
+
+    async def apply(self, changes: list[Change]) -> None:
+        """Bring the index in line with what the watcher saw; announce each difference once.
+
+        Whatever route brought a file (lanpair's own upload, or a copy by hand), the first
+        to index it announces it; for the second, the index already agrees: nothing to say.
+        """
+        await self._scanned.wait()
+        files: list[str] = []
+        for change in changes:
+            if change.folder:
+                await self.scan(change.relpath, announce=True)
+            elif change.dest is not None:
+                await self._follow_move(change.relpath, change.dest)
+            else:
+                files.append(change.relpath)
+        if files:
+            await self._sync_paths(files)
+
+    async def _sync_paths(self, relpaths: list[str]) -> None:
+        """Index, update or drop each of these files as the disk now has it."""
+        mine = [p for p in relpaths if self._claimed(p)]
+        self._deferred.update(mine)
+        relpaths = [p for p in dict.fromkeys(relpaths) if not self._claimed(p)]
+        on_disk, indexed = await asyncio.gather(
+            asyncio.to_thread(_stat_many, self.paths.root, relpaths),
+            self._store.files.stats_of(relpaths),
+        )
+        await self._unindex(
+            [stat for relpath, stat in indexed.items() if relpath not in on_disk], announce=True
+        )
+        changed = [
+            relpath
+            for relpath, stat in on_disk.items()
+            if relpath not in indexed or (indexed[relpath].size, indexed[relpath].mtime_ns) != stat
+        ]
+        if changed:
+            folders = await self._device_folders()
+            described = await asyncio.to_thread(_describe_many, self.paths.root, changed, folders)
+            for record, outcome in await self._store.files.index(described, self._clock.now()):
+                await self._announce(record, outcome, announce=True)
+
+    async def _follow_move(self, source: str, dest: str) -> None:
+        """Carry a file moved by hand over to its new path, keeping its id."""
+        if self._claimed(source) or self._claimed(dest):
+            await self._sync_paths([source, dest])  # defers them until lanpair is done
+            return
+        on_disk, indexed = await asyncio.gather(
+            asyncio.to_thread(_stat_many, self.paths.root, [dest]),
+            self._store.files.stats_of([source, dest]),
+        )
+        old = indexed.get(source)
+        if old is None or on_disk.get(dest) != (old.size, old.mtime_ns):
+            await self._sync_paths([source, dest])  # not the file lanpair knew: look afresh
+            return
+        if dest in indexed:  # the move replaced a file
+            await self._unindex([indexed[dest]], announce=True)
+        folder = dest.split("/", 1)[0]
+        device_id = (await self._device_folders()).get(folder)
+        moved = await self._store.files.move(old.id, dest, folder, device_id)
+        if moved is not None:
+            log.info("%s was moved to %s", source, dest)
+            self.hub.publish("file.moved", {"id": moved.id, "item": item_json(moved)})
+
+    async def _unindex(self, stats: list[FileStat], *, announce: bool) -> int:
+        """Drop vanished files from the index (and their thumbnails); return how many."""
+        if not stats:
+            return 0
+        removed = await self._store.files.remove_unchanged(stats)
+        for file_id in removed:
+            await asyncio.to_thread(self._thumbs.forget_id, file_id)
+            if announce:
+                self.hub.publish("file.removed", {"id": file_id})
+        return len(removed)
 
     async def _device_folders(self) -> dict[str, str]:
         devices = await self._store.devices()  # newest first: the newest pairing owns a folder
@@ -731,17 +877,22 @@ def _describe_many(root: Path, relpaths: list[str], folders: dict[str, str]) -> 
     return described
 
 
-def _walk(root: Path) -> dict[str, tuple[int, int]]:
-    """Return every regular file under ``root``, skipping symlinks and lanpair's folder.
+def _walk(root: Path, folder: str = "") -> dict[str, tuple[int, int]]:
+    """Return every regular file under ``root`` (or its ``folder``), skipping symlinks and
+    lanpair's folder.
 
     Files directly in the root belong to no folder and are left out. Blocking.
     """
     found: dict[str, tuple[int, int]] = {}
-    stack = [""]
+    if folder and not _real_folder(root, folder):
+        return found
+    stack = [folder]
     while stack:
         prefix = stack.pop()
         try:
             entries = os.scandir(root / prefix if prefix else root)
+        except FileNotFoundError:
+            continue  # gone while walking
         except OSError as exc:
             log.warning("cannot read folder %s: %s", prefix or root, exc.strerror)
             continue
@@ -755,6 +906,42 @@ def _walk(root: Path) -> dict[str, tuple[int, int]]:
                 elif entry.is_file(follow_symlinks=False) and prefix:
                     stat = entry.stat(follow_symlinks=False)
                     found[relpath] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def _real_folder(root: Path, folder: str) -> bool:
+    """Say whether ``folder`` is a folder of the library reached without a symlink. Blocking."""
+    parts = folder.split("/")
+    if parts[0] == INTERNAL_DIR_NAME:
+        return False
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            return False
+        if not stat_is_dir(mode):
+            return False
+    return True
+
+
+def _stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
+    """Return size and mtime of those paths that are files of the library. Blocking.
+
+    A file directly in the root, a symlink, or a path through one, counts as absent.
+    """
+    found = {}
+    for relpath in relpaths:
+        folder, _, _name = relpath.rpartition("/")
+        if not folder or not _real_folder(root, folder):
+            continue
+        try:
+            stat = (root / relpath).lstat()
+        except OSError:
+            continue
+        if stat_is_file(stat.st_mode):
+            found[relpath] = (stat.st_size, stat.st_mtime_ns)
     return found
 
 

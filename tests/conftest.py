@@ -22,6 +22,7 @@ from lanpair.pairing import Pairing
 from lanpair.paths import LibraryPaths, Paths
 from lanpair.server import Services, Site, create_app
 from lanpair.store import Store
+from lanpair.watcher import WatchMode
 
 PENDING_TTL_S = 15 * 60
 PAIRING_TTL_S = 30 * 86400
@@ -90,6 +91,7 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
         reserve_bytes: int = 0,
         max_upload_bytes: int = 0,
         library_root: Path | None = None,
+        watch: WatchMode | None = WatchMode.EVENTS,
     ) -> Daemon:
         clock = ManualClock()
         paths = Paths(tmp_path / f"data{len(stores)}")
@@ -122,6 +124,7 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             reserve_bytes=reserve_bytes,
             max_upload_bytes=max_upload_bytes,
             hub=hub,
+            watch=watch,
         )
         await library.__aenter__()
         libraries.append(library)

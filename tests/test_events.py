@@ -71,3 +71,13 @@ async def test_closing_a_device_ends_only_its_subscriptions() -> None:
     assert closed.value.code == CLOSE_NOT_PAIRED
     events.publish("device.revoked", {"device_id": "dev_a"})
     assert (await asyncio.wait_for(other.next(), 1)).type == "device.revoked"
+
+
+async def test_a_burst_is_taken_at_once_without_waiting() -> None:
+    events = hub()
+    subscription = events.subscribe()
+    for n in range(5):
+        events.publish("file.added", {"n": n})
+    first = await subscription.next()
+    assert [first.data["n"], *(e.data["n"] for e in subscription.ready())] == [0, 1, 2, 3, 4]
+    assert subscription.ready() == []

@@ -52,7 +52,8 @@ async def events(request: web.Request) -> web.WebSocketResponse:
                 await _stop(reader)  # close() reads the client's reply itself
                 await socket.close(code=closed.code, message=b"closed by lanpair")
                 break
-            await socket.send_str(encode(event))
+            for ready in (event, *subscription.ready()):
+                await socket.send_str(encode(ready))
     finally:
         hub.unsubscribe(subscription)
         await _stop(reader)

@@ -1,6 +1,14 @@
 """SQLite state: pairings, devices, the file index and the audit log, in one WAL database."""
 
 from lanpair.store.database import MIGRATIONS, ConfirmOutcome, Store
-from lanpair.store.files import FileQuery, FileTable
+from lanpair.store.files import FileQuery, FileStat, FileTable, Indexed
 
-__all__ = ["MIGRATIONS", "ConfirmOutcome", "FileQuery", "FileTable", "Store"]
+__all__ = [
+    "MIGRATIONS",
+    "ConfirmOutcome",
+    "FileQuery",
+    "FileStat",
+    "FileTable",
+    "Indexed",
+    "Store",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,14 @@ class FileQuery:
     name_contains: str | None = None
 
 
+class Indexed(enum.Enum):
+    """What indexing a file found at its path."""
+
+    ADDED = "added"  # nothing: a new row
+    CHANGED = "changed"  # another size or time: the row now says what is there
+    SAME = "same"  # the same file: the row stays (it may learn the file's hash)
+
+
 @dataclass(frozen=True, slots=True)
 class FileStat:
     """What a rescan compares: a file's id, size and modification time."""
@@ -50,10 +59,7 @@ class FileTable:
         self._store = store
 
     async def add(self, new: NewFile, now: datetime, *, file_id: int | None = None) -> FileRecord:
-        """Index a file (replacing what was indexed at its path); return its record.
-
-        ``file_id`` gives a restored file back the id it had.
-        """
+        """Index a file under the id it had (a restore), replacing what was at its path."""
 
         def add(conn: sqlite3.Connection) -> FileRecord:
             conn.execute("DELETE FROM files WHERE relpath = ?", (new.relpath,))
@@ -62,25 +68,17 @@ class FileTable:
 
         return await self._store.write(add)
 
-    async def add_many(self, news: list[NewFile], now: datetime, *, older_than: datetime) -> None:
-        """Index what a rescan found, in one transaction.
+    async def index(self, news: list[NewFile], now: datetime) -> list[tuple[FileRecord, Indexed]]:
+        """Index files as found on disk, in one transaction; say what each one was.
 
-        A path indexed since ``older_than`` (an upload that landed during the scan) is
-        left as it is; a changed file keeps its id.
+        Indexing a file twice (the upload that placed it, then the watcher that saw it
+        land) is harmless: the same size and time keep the row, and its id.
         """
 
-        def add_many(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                _INSERT
-                + """ ON CONFLICT (relpath) DO UPDATE SET size = excluded.size,
-                    mtime_ns = excluded.mtime_ns, sha256 = NULL, kind = excluded.kind,
-                    mime = excluded.mime, width = excluded.width, height = excluded.height,
-                    taken_at = excluded.taken_at, thumb = excluded.thumb
-                    WHERE files.added_at < ?""",
-                [(*_row(new, now, None), to_iso(older_than)) for new in news],
-            )
+        def index(conn: sqlite3.Connection) -> list[tuple[FileRecord, Indexed]]:
+            return [_index_one(conn, new, now) for new in news]
 
-        await self._store.write(add_many)
+        return await self._store.write(index)
 
     async def get(self, file_id: int) -> FileRecord | None:
         """Return one file by id."""
@@ -149,30 +147,63 @@ class FileTable:
         )
         return [_record(row) for row in rows]
 
-    async def stats(self) -> dict[str, FileStat]:
-        """Return every indexed path with its id, size and mtime, for a rescan."""
-        rows = await self._store.read(
-            lambda c: c.execute("SELECT relpath, id, size, mtime_ns FROM files").fetchall()
-        )
+    async def stats(self, folder: str = "") -> dict[str, FileStat]:
+        """Return every indexed path (under ``folder``) with its id, size and mtime."""
+        params: tuple[str, ...] = ()
+        if not folder:
+            sql = "SELECT relpath, id, size, mtime_ns FROM files"
+        else:  # a range on the relpath index: "a/b/" <= relpath < "a/b0" ("0" follows "/")
+            sql = "SELECT relpath, id, size, mtime_ns FROM files WHERE relpath >= ? AND relpath < ?"
+            params = (folder + "/", folder + "0")
+        rows = await self._store.read(lambda c: c.execute(sql, params).fetchall())
         return {row[0]: FileStat(row[1], row[2], row[3]) for row in rows}
 
-    async def remove(self, file_ids: Iterable[int], *, older_than: datetime) -> int:
-        """Drop files indexed before ``older_than`` from the index; return how many."""
-        rows = [(i, to_iso(older_than)) for i in file_ids]
-        cursor = await self._store.write(
-            lambda c: c.executemany("DELETE FROM files WHERE id = ? AND added_at < ?", rows)
-        )
-        return int(cursor.rowcount)
+    async def stats_of(self, relpaths: Iterable[str]) -> dict[str, FileStat]:
+        """Return the indexed stats of just these paths."""
+        wanted = list(relpaths)
 
-    async def move(self, file_id: int, relpath: str, folder: str) -> FileRecord:
-        """Record that a file now lives at ``relpath``."""
+        def stats_of(conn: sqlite3.Connection) -> dict[str, FileStat]:
+            found = {}
+            for relpath in wanted:
+                row = conn.execute(
+                    "SELECT id, size, mtime_ns FROM files WHERE relpath = ?", (relpath,)
+                ).fetchone()
+                if row is not None:
+                    found[relpath] = FileStat(row[0], row[1], row[2])
+            return found
 
-        def move(conn: sqlite3.Connection) -> FileRecord:
+        return await self._store.read(stats_of)
+
+    async def remove_unchanged(self, stats: Iterable[FileStat]) -> list[int]:
+        """Drop files from the index if their rows are still as given; return whose were.
+
+        A row that changed since it was read (an upload indexed the path again) stays.
+        """
+        rows = [(s.id, s.size, s.mtime_ns) for s in stats]
+
+        def remove(conn: sqlite3.Connection) -> list[int]:
+            removed = []
+            for row in rows:
+                cursor = conn.execute(
+                    "DELETE FROM files WHERE id = ? AND size = ? AND mtime_ns = ?", row
+                )
+                if cursor.rowcount:
+                    removed.append(row[0])
+            return removed
+
+        return await self._store.write(remove)
+
+    async def move(
+        self, file_id: int, relpath: str, folder: str, device_id: str | None
+    ) -> FileRecord | None:
+        """Record that a file now lives at ``relpath`` (None if it left the index)."""
+
+        def move(conn: sqlite3.Connection) -> FileRecord | None:
             conn.execute(
-                "UPDATE files SET relpath = ?, folder = ?, name = ? WHERE id = ?",
-                (relpath, folder, relpath.rsplit("/", 1)[-1], file_id),
+                "UPDATE files SET relpath = ?, folder = ?, name = ?, device_id = ? WHERE id = ?",
+                (relpath, folder, relpath.rsplit("/", 1)[-1], device_id, file_id),
             )
-            return _record(_one(conn, file_id))
+            return _maybe(conn, "id = ?", (file_id,))
 
         return await self._store.write(move)
 
@@ -263,6 +294,42 @@ def _row(new: NewFile, now: datetime, file_id: int | None) -> tuple[Any, ...]:
         new.thumb.value,
         to_iso(now),
     )
+
+
+def _index_one(conn: sqlite3.Connection, new: NewFile, now: datetime) -> tuple[FileRecord, Indexed]:
+    row = conn.execute(
+        "SELECT id, size, mtime_ns FROM files WHERE relpath = ?", (new.relpath,)
+    ).fetchone()
+    if row is None:
+        cursor = conn.execute(_INSERT, _row(new, now, None))
+        return _record(_one(conn, cursor.lastrowid)), Indexed.ADDED
+    if (row["size"], row["mtime_ns"]) == (new.size, new.mtime_ns):
+        conn.execute(
+            "UPDATE files SET sha256 = coalesce(sha256, ?), "
+            "device_id = coalesce(?, device_id) WHERE id = ?",
+            (new.sha256, new.device_id, row["id"]),
+        )
+        return _record(_one(conn, row["id"])), Indexed.SAME
+    conn.execute(
+        """UPDATE files SET folder = ?, device_id = ?, size = ?, mtime_ns = ?, sha256 = ?,
+           kind = ?, mime = ?, width = ?, height = ?, taken_at = ?, duration_s = NULL,
+           thumb = ? WHERE id = ?""",
+        (
+            new.folder,
+            new.device_id,
+            new.size,
+            new.mtime_ns,
+            new.sha256,
+            new.kind.value,
+            new.mime,
+            new.width,
+            new.height,
+            to_iso(new.taken_at),
+            new.thumb.value,
+            row["id"],
+        ),
+    )
+    return _record(_one(conn, row["id"])), Indexed.CHANGED
 
 
 def _cursor(taken_at: str, file_id: int) -> str:

@@ -1,0 +1,301 @@
+"""The library watcher: a real watchdog observer on a tmp library, every route a file takes.
+
+Each file is announced exactly once, whether lanpair's upload or a hand copy brought it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, StartDaemon
+from PIL import Image
+from test_library import form
+
+from lanpair.events import Event, Subscription
+from lanpair.watcher import OVERFLOW_LOGGER, Change, Watcher, WatchMode, filesystem_type
+
+FOLDER = "Camera"
+QUIET_S = 0.6  # longer than the watcher's settle time plus a move-out's pairing wait
+
+
+def jpeg(seed: int, size: tuple[int, int] = (32, 24)) -> bytes:
+    """Return a small JPEG whose pixels (so hash) depend on ``seed``."""
+    image = Image.new("RGB", size, (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256))
+    out = io.BytesIO()
+    image.save(out, "JPEG")
+    return out.getvalue()
+
+
+async def collect(subscription: Subscription, *, quiet_s: float = QUIET_S) -> list[Event]:
+    """Return the events that arrive until none has come for ``quiet_s``."""
+    got: list[Event] = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(subscription.next(), quiet_s))
+        except TimeoutError:
+            return got
+
+
+async def wait_for(subscription: Subscription, count: int, *, timeout_s: float = 20) -> list[Event]:
+    """Return the next ``count`` events (failing after ``timeout_s``)."""
+    got: list[Event] = []
+    async with asyncio.timeout(timeout_s):
+        while len(got) < count:
+            got.append(await subscription.next())
+    return got
+
+
+def kinds(events: list[Event]) -> list[str]:
+    """Return the types of ``events``."""
+    return [event.type for event in events]
+
+
+@pytest.fixture
+async def watched(daemon: Daemon) -> AsyncIterator[tuple[Daemon, Path, Subscription]]:
+    """Yield a daemon whose library is watched, its camera folder, and a subscription."""
+    await asyncio.wait_for(daemon.library._scanned.wait(), 10)
+    folder = daemon.library.paths.root / FOLDER
+    folder.mkdir()
+    subscription = daemon.library.hub.subscribe()
+    yield daemon, folder, subscription
+    daemon.library.hub.unsubscribe(subscription)
+
+
+async def test_a_slow_chunked_write_is_announced_once_after_its_last_byte(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    _daemon, folder, subscription = watched
+    data = jpeg(1, (640, 480))
+    quarter = len(data) // 4
+    with (folder / "slow.jpg").open("wb") as file:
+        for n in range(4):
+            file.write(data[n * quarter : (n + 1) * quarter if n < 3 else None])
+            file.flush()
+            await asyncio.sleep(0.3)  # longer than the settle time: a pause mid-file
+            assert await collect(subscription, quiet_s=0.01) == [], "announced before the end"
+    [event] = await collect(subscription, quiet_s=1.0)
+    assert event.type == "file.added"
+    assert event.data["item"]["size"] == len(data)
+    assert event.data["item"]["width"] == 640
+
+
+async def test_a_burst_of_1000_files_gives_1000_events_without_duplicates(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    daemon, folder, subscription = watched
+    for n in range(1000):
+        (folder / f"burst-{n:04}.txt").write_text(f"file {n}\n")
+    events = await wait_for(subscription, 1000, timeout_s=60)
+    events += await collect(subscription)
+    names = [event.data["item"]["name"] for event in events if event.type == "file.added"]
+    assert len(events) == 1000
+    assert sorted(names) == [f"burst-{n:04}.txt" for n in range(1000)]
+    assert len(await daemon.store.files.stats(FOLDER)) == 1000
+
+
+async def test_cp_mv_in_mv_out_rename_and_delete_each_give_their_event(
+    watched: tuple[Daemon, Path, Subscription], tmp_path: Path
+) -> None:
+    _daemon, folder, subscription = watched
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(jpeg(2))
+    (outside / "b.jpg").write_bytes(jpeg(3))
+
+    copy = await asyncio.create_subprocess_exec("cp", outside / "a.jpg", folder / "a.jpg")
+    assert await copy.wait() == 0
+    [added] = await collect(subscription)
+    assert (added.type, added.data["item"]["name"]) == ("file.added", "a.jpg")
+    file_id = added.data["item"]["id"]
+
+    (outside / "b.jpg").rename(folder / "b.jpg")
+    [moved_in] = await collect(subscription)
+    assert (moved_in.type, moved_in.data["item"]["name"]) == ("file.added", "b.jpg")
+
+    (folder / "a.jpg").rename(folder / "renamed.jpg")
+    [renamed] = await collect(subscription)
+    assert renamed.type == "file.moved"
+    assert renamed.data["id"] == file_id  # the same file keeps its id
+    assert renamed.data["item"]["name"] == "renamed.jpg"
+
+    (folder / "renamed.jpg").rename(outside / "gone.jpg")
+    [moved_out] = await collect(subscription, quiet_s=1.5)  # the kernel's pairing wait
+    assert (moved_out.type, moved_out.data) == ("file.removed", {"id": file_id})
+
+    (folder / "b.jpg").unlink()
+    [deleted] = await collect(subscription)
+    assert (deleted.type, deleted.data) == ("file.removed", {"id": moved_in.data["item"]["id"]})
+
+
+async def test_a_temp_then_rename_copy_like_rsync_announces_only_the_final_name(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    _daemon, folder, subscription = watched
+    temp = folder / ".photo.jpg.Xa81Qz"
+    temp.write_bytes(jpeg(4))
+    await asyncio.sleep(0.01)
+    (temp).rename(folder / "photo.jpg")
+    [event] = await collect(subscription)
+    assert (event.type, event.data["item"]["name"]) == ("file.added", "photo.jpg")
+
+
+async def test_an_upload_through_lanpair_is_announced_once_though_the_watcher_sees_it(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    daemon, _folder, subscription = watched
+    async with daemon.session() as session:
+        for n in range(5):
+            async with session.post(
+                "/api/upload", data=form((f"{n}.jpg", jpeg(100 + n)))
+            ) as response:
+                assert response.status == 200
+    events = await collect(subscription, quiet_s=1.0)
+    assert kinds(events) == ["file.added"] * 5
+    assert len({event.data["item"]["id"] for event in events}) == 5
+
+
+async def test_lanpair_renames_and_deletes_are_announced_once(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    daemon, folder, subscription = watched
+    (folder / "mine.jpg").write_bytes(jpeg(5))
+    [added] = await collect(subscription)
+    file_id = added.data["item"]["id"]
+    async with daemon.session() as session:
+        async with session.post(f"/api/files/{file_id}/rename", json={"name": "new.jpg"}) as r:
+            assert r.status == 200
+        assert kinds(await collect(subscription)) == ["file.moved"]
+        async with session.delete(f"/api/files/{file_id}") as r:
+            assert r.status == 200
+        assert kinds(await collect(subscription)) == ["file.removed"]
+        async with session.post(f"/api/files/{file_id}/restore", json={}) as r:
+            assert r.status == 200
+        [restored] = await collect(subscription)
+    assert (restored.type, restored.data["item"]["id"]) == ("file.added", file_id)
+
+
+async def test_a_file_edited_in_place_is_updated_with_a_new_thumbnail(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    _daemon, folder, subscription = watched
+    (folder / "edit.jpg").write_bytes(jpeg(6, (64, 48)))
+    [added] = await collect(subscription)
+    (folder / "edit.jpg").write_bytes(jpeg(7, (96, 48)))
+    [updated] = await collect(subscription)
+    assert updated.type == "file.updated"
+    assert updated.data["item"]["id"] == added.data["item"]["id"]
+    assert updated.data["item"]["width"] == 96
+
+
+async def test_folders_moved_in_renamed_and_moved_out(
+    watched: tuple[Daemon, Path, Subscription], tmp_path: Path
+) -> None:
+    daemon, folder, subscription = watched
+    trip = tmp_path / "Trip"
+    (trip / "day1").mkdir(parents=True)
+    for n in range(3):
+        (trip / "day1" / f"{n}.jpg").write_bytes(jpeg(10 + n))
+    (trip).rename(folder / "Trip")
+    added = await collect(subscription)
+    assert kinds(added) == ["file.added"] * 3
+
+    (folder / "Trip").rename(folder / "Holiday")
+    moved = await collect(subscription)
+    assert kinds(moved) == ["file.moved"] * 3
+    assert {e.data["item"]["id"] for e in moved} == {e.data["item"]["id"] for e in added}
+    assert sorted(await daemon.store.files.stats(f"{FOLDER}/Holiday")) == [
+        f"{FOLDER}/Holiday/day1/{n}.jpg" for n in range(3)
+    ]
+
+    shutil.move(folder / "Holiday", tmp_path / "back")
+    removed = await collect(subscription, quiet_s=1.5)
+    assert kinds(removed) == ["file.removed"] * 3
+    assert await daemon.store.files.stats(FOLDER) == {}
+
+
+async def test_lanpairs_own_folders_and_files_in_the_root_are_not_indexed(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    daemon, _folder, subscription = watched
+    root = daemon.library.paths.root
+    (root / "loose.jpg").write_bytes(jpeg(20))
+    (daemon.library.paths.staging / "upload-x.part").write_bytes(jpeg(21))
+    assert await collect(subscription) == []
+
+
+async def test_a_symlink_put_into_the_library_is_not_followed(
+    watched: tuple[Daemon, Path, Subscription], tmp_path: Path
+) -> None:
+    _daemon, folder, subscription = watched
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for phones")
+    (folder / "link.txt").symlink_to(secret)
+    (folder / "linked-dir").symlink_to(tmp_path)
+    assert await collect(subscription) == []
+
+
+async def test_a_restart_reconciles_what_changed_while_lanpair_was_down(
+    make_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    root = tmp_path / "shared-library"
+    first = await make_daemon(library_root=root)
+    await asyncio.wait_for(first.library._scanned.wait(), 10)
+    folder = root / FOLDER
+    folder.mkdir()
+    (folder / "kept.jpg").write_bytes(jpeg(30))
+    (folder / "deleted.jpg").write_bytes(jpeg(31))
+    subscription = first.library.hub.subscribe()
+    assert len(await collect(subscription)) == 2
+    await first.library.__aexit__(None, None, None)  # the watcher stops: lanpair is down
+
+    (folder / "deleted.jpg").unlink()
+    (folder / "new.jpg").write_bytes(jpeg(32))
+
+    async with first.library:  # up again on the same index
+        await asyncio.wait_for(first.library._scanned.wait(), 10)
+        assert sorted(await first.store.files.stats(FOLDER)) == [
+            f"{FOLDER}/kept.jpg",
+            f"{FOLDER}/new.jpg",
+        ]
+
+
+async def test_the_kernel_dropping_events_triggers_a_rescan(tmp_path: Path) -> None:
+    batches: list[list[Change]] = []
+    arrived = asyncio.Event()
+
+    async def sink(changes: list[Change]) -> None:
+        batches.append(changes)
+        arrived.set()
+
+    async with Watcher(tmp_path, sink, mode=WatchMode.EVENTS):
+        # watchdog's only sign of an overflow is this warning; its inotify thread logs it.
+        logging.getLogger(OVERFLOW_LOGGER).warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        await asyncio.wait_for(arrived.wait(), 5)
+    assert batches == [[Change("", folder=True)]]
+
+
+async def test_rescan_mode_notices_files_without_file_events(tmp_path: Path) -> None:
+    batches: list[list[Change]] = []
+    arrived = asyncio.Event()
+
+    async def sink(changes: list[Change]) -> None:
+        batches.append(changes)
+        arrived.set()
+
+    async with Watcher(tmp_path, sink, mode=WatchMode.RESCAN, rescan_every_s=0.1) as watcher:
+        assert watcher.polling
+        await asyncio.wait_for(arrived.wait(), 5)
+    assert batches[0] == [Change("", folder=True)]
+
+
+def test_the_filesystem_type_comes_from_the_mount_table(tmp_path: Path) -> None:
+    assert filesystem_type(Path("/proc/self")) == "proc"
+    assert filesystem_type(tmp_path) is not None
