@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -70,6 +71,7 @@ async def serve(
 async def _serve(
     settings: Settings, on_ready: Callable[[Ready], None] | None, clock: Clock, stop: asyncio.Event
 ) -> None:
+    _raise_open_files_limit()
     paths = Paths(settings.data_dir)
     await asyncio.to_thread(paths.ensure)
     addresses = netif.LocalAddressSet()
@@ -218,6 +220,19 @@ def _bind(settings: Settings) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise ConfigError(f"Cannot listen on port {settings.port}: {exc.strerror}.") from exc
+
+
+def _raise_open_files_limit() -> None:
+    """Let every open WebSocket and upload have its file descriptor (the soft limit is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+            return
+        log.info("raised the open-files limit from %d to %d", soft, wanted)
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 CLOSE_NOT_PAIRED = 4401
 CLOSE_TOO_SLOW = 4408
 CLOSE_GOING_AWAY = 1001
+PROGRESS_EVERY_S = 0.25  # upload.progress, per file: often enough for a smooth bar
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +136,127 @@ class EventHub:
         while not subscription.queue.empty():  # make room for the wake-up
             subscription.queue.get_nowait()
         subscription.queue.put_nowait(None)
+
+
+class Presence:
+    """Say which devices are online: a socket open, or a request in the last minute.
+
+    Each change is published once, as ``device.online`` or ``device.offline``.
+    """
+
+    def __init__(self, hub: EventHub, *, recent_s: float = 60.0) -> None:
+        self._hub = hub
+        self._recent_s = recent_s
+        self._sockets: dict[str, int] = {}
+        self._last_request: dict[str, float] = {}  # loop time
+        self._names: dict[str, str] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def is_online(self, device_id: str) -> bool:
+        """Say whether the device is online now."""
+        return device_id in self._names
+
+    def seen(self, device_id: str, name: str) -> None:
+        """Note a request from the device. Loop-only."""
+        self._last_request[device_id] = asyncio.get_running_loop().time()
+        self._came(device_id, name)
+        if device_id not in self._timers:
+            self._check_later(device_id, self._recent_s)
+
+    def connected(self, device_id: str, name: str) -> None:
+        """Note a socket the device opened."""
+        self._sockets[device_id] = self._sockets.get(device_id, 0) + 1
+        self._came(device_id, name)
+
+    def disconnected(self, device_id: str) -> None:
+        """Note that one of the device's sockets closed."""
+        left = self._sockets.get(device_id, 0) - 1
+        if left > 0:
+            self._sockets[device_id] = left
+            return
+        self._sockets.pop(device_id, None)
+        self._check(device_id)
+
+    def gone(self, device_id: str) -> None:
+        """Forget a device at once (revoked)."""
+        self._sockets.pop(device_id, None)
+        self._last_request.pop(device_id, None)
+        self._check(device_id)
+
+    def _came(self, device_id: str, name: str) -> None:
+        if device_id not in self._names:
+            self._names[device_id] = name
+            self._hub.publish("device.online", {"device_id": device_id, "device_name": name})
+
+    def _check_later(self, device_id: str, delay_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers[device_id] = loop.call_later(delay_s, self._timed_out, device_id)
+
+    def _timed_out(self, device_id: str) -> None:
+        del self._timers[device_id]
+        self._check(device_id)
+
+    def _check(self, device_id: str) -> None:
+        """Publish ``device.offline`` if nothing keeps the device online any more."""
+        if device_id not in self._names or self._sockets.get(device_id):
+            return
+        last = self._last_request.get(device_id)
+        left_s = self._recent_s - (asyncio.get_running_loop().time() - last) if last else 0.0
+        if left_s > 0:
+            if device_id not in self._timers:
+                self._check_later(device_id, left_s)
+            return
+        timer = self._timers.pop(device_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._last_request.pop(device_id, None)
+        name = self._names.pop(device_id)
+        self._hub.publish("device.offline", {"device_id": device_id, "device_name": name})
+
+
+class UploadProgress:
+    """Publish ``upload.progress`` for one file as it arrives: every so often, and at the end.
+
+    ``bytes`` counts what arrived so far; ``total`` is the file's length when known.
+    """
+
+    _numbers = itertools.count(1)
+
+    def __init__(
+        self,
+        hub: EventHub,
+        *,
+        device_id: str | None,
+        device_name: str,
+        name: str,
+        total: int | None,
+        upload: str | None = None,
+        arrived: int = 0,
+        every_s: float = PROGRESS_EVERY_S,
+    ) -> None:
+        self._hub = hub
+        self._every_s = every_s
+        self._last = -every_s
+        self.bytes = arrived
+        self._data: dict[str, Any] = {
+            "upload": upload or f"up{next(self._numbers)}",
+            "device_id": device_id or "pc",
+            "device_name": device_name,
+            "name": name,
+            "total": total,
+        }
+
+    def add(self, n_bytes: int) -> None:
+        """Count bytes that arrived; publish if the last word is old enough. Loop-only."""
+        self.bytes += n_bytes
+        now = asyncio.get_running_loop().time()
+        if now - self._last >= self._every_s:
+            self._last = now
+            self._publish("sending")
+
+    def end(self, state: str) -> None:
+        """Publish the outcome: ``done``, ``paused`` (resumable) or ``failed``."""
+        self._publish(state)
+
+    def _publish(self, state: str) -> None:
+        self._hub.publish("upload.progress", {**self._data, "bytes": self.bytes, "state": state})

@@ -167,6 +167,10 @@ class Library:
         if indexed is Indexed.CHANGED:  # edited in place: the cached thumbnail is of the old one
             await asyncio.to_thread(self._thumbs.forget, record)
         event = ("file.added" if indexed is Indexed.ADDED else "file.updated") if announce else None
+        if event == "file.added" and record.kind is Kind.VIDEO:
+            # A poster can take ffmpeg seconds: show the video now, its poster when drawn.
+            self.hub.publish(event, {"item": item_json(record)})
+            event = "file.updated"
         if record.thumb is ThumbState.PENDING:
             try:
                 self._queue.put_nowait((record, event))
@@ -239,6 +243,7 @@ class Library:
         *,
         modified: float | None = None,
         size_hint: int | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> Stored:
         """Stream one file into the caller's folder; index it; return what was stored.
 
@@ -251,7 +256,7 @@ class Library:
             Spool.create, self.paths.staging, self._reserve, self._max_upload
         )
         try:
-            await pump(chunks, spool)
+            await pump(chunks, spool, on_bytes)
             sha256 = await asyncio.to_thread(spool.finish, modified)
             return await self.settle(spool, folder, device_id, relparts, sha256)
         finally:
@@ -763,7 +768,9 @@ def _log_death(task: asyncio.Task[None]) -> None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
-async def pump(chunks: AsyncIterable[bytes], spool: Spool) -> None:
+async def pump(
+    chunks: AsyncIterable[bytes], spool: Spool, on_bytes: Callable[[int], None] | None = None
+) -> None:
     """Copy network chunks to disk in 1 MiB writes, one write in flight while reading on."""
     pending: asyncio.Future[None] | None = None
     block: list[bytes] = []  # the loop never copies: the writer thread takes the pieces
@@ -772,6 +779,8 @@ async def pump(chunks: AsyncIterable[bytes], spool: Spool) -> None:
         async for chunk in chunks:
             block.append(chunk)
             size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
             if size >= WRITE_BLOCK_BYTES:
                 if pending is not None:
                     await pending

@@ -27,7 +27,7 @@ from lanpair.errors import (
     TooManyAttempts,
     UnknownCode,
 )
-from lanpair.events import EventHub
+from lanpair.events import EventHub, Presence
 from lanpair.models import Caller, Confirmation, Device, DeviceStatus, PendingPairing
 from lanpair.names import clean_text
 from lanpair.store import ConfirmOutcome, Store
@@ -163,10 +163,12 @@ class Pairing:
         pairing_ttl_s: float,
         limiter: AttemptLimiter | None = None,
         hub: EventHub | None = None,
+        online_after_request_s: float = 60.0,
     ) -> None:
         self._store = store
         self._clock = clock
         self._hub = hub or EventHub(clock.now)
+        self.presence = Presence(self._hub, recent_s=online_after_request_s)
         self._pending_ttl = timedelta(seconds=pending_ttl_s)
         self._pairing_ttl = timedelta(seconds=pairing_ttl_s)
         self._limiter = limiter or AttemptLimiter(clock)
@@ -254,6 +256,7 @@ class Pairing:
                 device.status_at(now) is DeviceStatus.CONFIRMED
             ):
                 await self._mark_seen(device, now)
+                self.presence.seen(device.device_id, device.device_name)
                 return device
         # One audit line and one log line per address and minute, however hard it knocks.
         if self._auth_failures.allows(client_addr):
@@ -289,6 +292,7 @@ class Pairing:
         self._seen.pop(device.device_id, None)
         self._hub.close(device.device_id)  # its open sockets end now, with 4401
         self._hub.publish("device.revoked", {"device_id": device.device_id})
+        self.presence.gone(device.device_id)
         log.info("revoked %s (%r)", device.device_id, device.device_name)
         return revoked
 
@@ -302,7 +306,10 @@ class Pairing:
 
     def record(self, device: Device) -> dict[str, object]:
         """Return a device as the owner's views show it, as of now."""
-        return device_record(device, self._clock.now())
+        return {
+            **device_record(device, self._clock.now()),
+            "online": self.presence.is_online(device.device_id),
+        }
 
     async def _resolve(self, target: str) -> Device | None:
         if DEVICE_ID_RE.fullmatch(target):

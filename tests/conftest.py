@@ -25,6 +25,7 @@ from lanpair.store import Store
 from lanpair.watcher import WatchMode
 
 PENDING_TTL_S = 15 * 60
+ONLINE_AFTER_REQUEST_S = 1.0  # a device without a socket goes offline this soon
 PAIRING_TTL_S = 30 * 86400
 
 
@@ -113,7 +114,12 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
         )
         hub = EventHub(clock.now)
         pairing = Pairing(
-            store, clock, pending_ttl_s=PENDING_TTL_S, pairing_ttl_s=PAIRING_TTL_S, hub=hub
+            store,
+            clock,
+            pending_ttl_s=PENDING_TTL_S,
+            pairing_ttl_s=PAIRING_TTL_S,
+            hub=hub,
+            online_after_request_s=ONLINE_AFTER_REQUEST_S,
         )
         library = Library(
             store,

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from lanpair.clock import ManualClock
-from lanpair.events import CLOSE_NOT_PAIRED, CLOSE_TOO_SLOW, Closed, EventHub
+from lanpair.events import CLOSE_NOT_PAIRED, CLOSE_TOO_SLOW, Closed, EventHub, Presence
 
 
 def hub(**kwargs: int) -> EventHub:
@@ -81,3 +81,26 @@ async def test_a_burst_is_taken_at_once_without_waiting() -> None:
     first = await subscription.next()
     assert [first.data["n"], *(e.data["n"] for e in subscription.ready())] == [0, 1, 2, 3, 4]
     assert subscription.ready() == []
+
+
+async def test_presence_says_online_once_and_offline_when_nothing_keeps_it() -> None:
+    events = hub()
+    subscription = events.subscribe()
+    presence = Presence(events, recent_s=0.2)
+    presence.connected("dev_a", "A")
+    presence.seen("dev_a", "A")
+    presence.connected("dev_a", "A")
+    presence.disconnected("dev_a")
+    presence.disconnected("dev_a")  # no socket left, but a request 0.2 s ago at most
+    assert presence.is_online("dev_a")
+    await asyncio.sleep(0.35)
+    assert not presence.is_online("dev_a")
+    presence.seen("dev_b", "B")
+    presence.gone("dev_b")  # revoked: offline at once
+    got = [(e.type, e.data["device_id"]) for e in subscription.ready()]
+    assert got == [
+        ("device.online", "dev_a"),
+        ("device.offline", "dev_a"),
+        ("device.online", "dev_b"),
+        ("device.offline", "dev_b"),
+    ]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import os
 from typing import Any
 
 import aiohttp
-from conftest import Daemon
+from conftest import ONLINE_AFTER_REQUEST_S, Daemon
 from test_api import bearer, pair, status_of
 from test_library import jpeg, upload
 
@@ -55,6 +58,8 @@ async def test_revoking_a_device_closes_its_socket_and_no_other(daemon: Daemon) 
         async with daemon.session() as owner:
             await status_of(owner, "POST", f"/api/pairing/revoke/{doomed['device_id']}", json={})
         closing = await asyncio.wait_for(doomed_socket.receive(), 5)
+        while closing.type is aiohttp.WSMsgType.TEXT:  # presence news from before
+            closing = await asyncio.wait_for(doomed_socket.receive(), 5)
         assert closing.type is aiohttp.WSMsgType.CLOSE
         assert doomed_socket.close_code == 4401
         event = await next_event(other_socket, "device.revoked")
@@ -87,3 +92,89 @@ async def test_the_socket_refuses_strangers_and_other_sites(daemon: Daemon) -> N
         headers={**bearer(device["device_token"]), "Origin": "https://evil.example"}
     ) as session:
         assert await status_of(session, "GET", "/api/events") == 403
+
+
+async def test_a_device_is_online_while_its_socket_is_open_and_shortly_after_a_request(
+    daemon: Daemon,
+) -> None:
+    """device.online when it connects; device.offline once it closed and made no request."""
+    phone = await pair(daemon, "Phone", "presence")
+    async with daemon.session() as owner, owner.ws_connect("/api/events") as pc_socket:
+        async with daemon.session(headers=bearer(phone["device_token"])) as device:
+            async with device.ws_connect("/api/events"):
+                online = await next_event(pc_socket, "device.online")
+                assert online["data"] == {"device_id": phone["device_id"], "device_name": "Phone"}
+                async with owner.get("/api/pairing/devices") as response:
+                    listed = {d["device_id"]: d["online"] for d in await response.json()}
+                assert listed[phone["device_id"]] is True
+            # Closed, but it made a request just now: online for a little longer.
+            started = asyncio.get_running_loop().time()
+            offline = await next_event(pc_socket, "device.offline")
+            waited_s = asyncio.get_running_loop().time() - started
+        assert offline["data"]["device_id"] == phone["device_id"]
+        assert 0.3 < waited_s < ONLINE_AFTER_REQUEST_S + 2
+        async with owner.get("/api/devices") as response:
+            listed = {d["device_id"]: d["online"] for d in await response.json()}
+        assert listed[phone["device_id"]] is False
+
+
+async def test_the_pc_sees_a_phones_upload_advance(daemon: Daemon) -> None:
+    """upload.progress events carry the bytes so far and end with done."""
+    phone = await pair(daemon, "Phone", "progress")
+    size = 8 * 1024 * 1024
+    payload = os.urandom(size)
+    async with daemon.session() as owner, owner.ws_connect("/api/events") as pc_socket:
+        data = aiohttp.FormData()
+        data.add_field("size", str(size))
+        data.add_field("file", io.BytesIO(payload), filename="big.bin")
+        async with (
+            daemon.session(headers=bearer(phone["device_token"])) as device,
+            device.post("/api/upload", data=data) as response,
+        ):
+            assert response.status == 200
+        seen = []
+        while not seen or seen[-1]["state"] == "sending":
+            seen.append((await next_event(pc_socket, "upload.progress"))["data"])
+    assert seen[-1]["state"] == "done"
+    assert seen[-1]["bytes"] == size
+    assert {s["upload"] for s in seen} == {seen[0]["upload"]}
+    assert seen[0] | {"bytes": 0, "state": ""} == {
+        "upload": seen[0]["upload"],
+        "device_id": phone["device_id"],
+        "device_name": "Phone",
+        "name": "big.bin",
+        "total": size,
+        "bytes": 0,
+        "state": "",
+    }
+    counts = [s["bytes"] for s in seen]
+    assert counts == sorted(counts)
+
+
+async def test_a_resumable_upload_reports_progress_from_where_it_resumes(daemon: Daemon) -> None:
+    """A tus PATCH that completes the file says done, counting bytes sent before."""
+    phone = await pair(daemon, "Phone", "tus-progress")
+    headers = {**bearer(phone["device_token"]), "Tus-Resumable": "1.0.0"}
+    async with (
+        daemon.session() as owner,
+        owner.ws_connect("/api/events") as pc_socket,
+        daemon.session(headers=headers) as device,
+    ):
+        name = base64.b64encode(b"clip.bin").decode()
+        create = {"Upload-Length": "2000", "Upload-Metadata": f"filename {name}"}
+        async with device.post("/api/tus/", headers=create) as response:
+            location = response.headers["Location"]
+        patch = {"Content-Type": "application/offset+octet-stream"}
+        for offset in (0, 1000):
+            async with device.patch(
+                location, data=b"x" * 1000, headers={**patch, "Upload-Offset": str(offset)}
+            ) as response:
+                assert response.status == 204
+        states = []
+        while not states or states[-1]["state"] != "done":
+            states.append((await next_event(pc_socket, "upload.progress"))["data"])
+    assert (states[-1]["bytes"], states[-1]["total"], states[-1]["name"]) == (
+        2000,
+        2000,
+        "clip.bin",
+    )

@@ -15,6 +15,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from lanpair import errors
 from lanpair.clock import from_iso, to_iso
+from lanpair.events import UploadProgress
 from lanpair.library import PC_OWNER as PC_DEVICE
 from lanpair.library import TRASH_KEPT, Library, item_json
 from lanpair.models import Kind, TrashedFile
@@ -61,6 +62,7 @@ async def upload(request: web.Request) -> web.Response:
         raise errors.BadRequest("The multipart body has no boundary.") from None
     results: list[dict[str, Any]] = []
     modified: float | None = None
+    size: int | None = None
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise errors.BadRequest("Nested multipart bodies are not accepted.")
@@ -68,9 +70,11 @@ async def upload(request: web.Request) -> web.Response:
         if raw_name is None:
             if part.name == "modified":
                 modified = _modified(await part.text())
+            elif part.name == "size":
+                size = _size(await part.text())
             continue
-        results.append(await _receive(library, request, part, raw_name, modified))
-        modified = None
+        results.append(await _receive(library, request, part, raw_name, modified, size))
+        modified = size = None
     if not results:
         raise errors.BadRequest("The upload holds no files.")
     refused = all(not r["ok"] for r in results)
@@ -83,14 +87,30 @@ async def _receive(
     part: BodyPartReader,
     raw_name: str,
     modified: float | None,
+    size: int | None,
 ) -> dict[str, Any]:
+    who = caller(request)
+    progress = UploadProgress(
+        request.app[HUB_KEY],
+        device_id=who.device.device_id if who.device else None,
+        device_name=who.device.device_name if who.device else "this PC",
+        name=raw_name,
+        total=size,
+    )
     try:
         name = safe_relpath(raw_name)[-1]  # browser uploads keep the base name only
-        stored = await library.receive(caller(request), (name,), _chunks(part), modified=modified)
+        stored = await library.receive(
+            who, (name,), _chunks(part), modified=modified, on_bytes=progress.add
+        )
     except (UnsafeName, errors.BadRequest) as exc:
+        progress.end("failed")
         if isinstance(exc, errors.BodyTooLarge):
             raise
         return {"name": raw_name, "ok": False, "error": exc.code, "message": exc.message}
+    except BaseException:
+        progress.end("failed")
+        raise
+    progress.end("done")
     record = stored.record
     return {
         "name": raw_name,
@@ -304,6 +324,12 @@ def _modified(text: str) -> float | None:
     except ValueError:
         return None
     return value if 0 < value < 32503680000 else None
+
+
+def _size(text: str) -> int | None:
+    """Read the byte size a client announces for the next file (for progress only)."""
+    text = text.strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else None
 
 
 def _file_id(request: web.Request) -> int:

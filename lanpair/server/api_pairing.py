@@ -115,6 +115,7 @@ async def device_list(request: web.Request) -> web.Response:
                 "last_seen": to_iso(d.last_seen),
                 "last_sync": to_iso(d.last_sync),
                 "file_count": d.file_count,
+                "online": pairing.presence.is_online(d.device_id),
             }
             for d in await pairing.devices()
             if pairing.status(d) is DeviceStatus.CONFIRMED

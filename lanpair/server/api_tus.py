@@ -26,9 +26,10 @@ from aiohttp import web
 
 from lanpair import errors
 from lanpair.clock import from_iso, to_iso
+from lanpair.events import UploadProgress
 from lanpair.library import FILE_MODE, Library, Spool, Stored, pump
 from lanpair.names import safe_relpath
-from lanpair.server.keys import LIBRARY_KEY, SERVICES_KEY, TUS_KEY
+from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
 from lanpair.server.middleware import Access, access, caller
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,16 @@ async def _receive(
     if request.content_length is not None and request.content_length > room:
         raise errors.BadRequest(f"Only {room} more bytes fit in this upload (Upload-Length).")
     digest = CHECKSUMS[checksum[0]]() if checksum else None
+    who = caller(request)
+    progress = UploadProgress(
+        request.app[HUB_KEY],
+        device_id=who.device.device_id if who.device else None,
+        device_name=who.device.device_name if who.device else "this PC",
+        name=upload.filename,
+        total=upload.length,
+        upload="tus-" + hashlib.sha256(upload.id.encode()).hexdigest()[:12],
+        arrived=start,
+    )
 
     async def body() -> AsyncIterator[bytes]:
         seen = 0  # counted here: the spool's own size lags by what is still being written
@@ -291,11 +302,13 @@ async def _receive(
             yield chunk
 
     try:
-        await pump(body(), spool)
+        await pump(body(), spool, progress.add)
     except BaseException:
+        progress.end("paused")  # what arrived is kept: the client can resume
         # The connection died mid-chunk: keep every byte that arrived, durably, for a resume.
         await asyncio.shield(asyncio.to_thread(spool.sync))
         raise
+    progress.end("done" if progress.bytes == upload.length else "sending")
     if checksum and digest is not None and digest.digest() != checksum[1]:
         await asyncio.to_thread(spool.truncate, start)
         raise errors.ChecksumMismatch()

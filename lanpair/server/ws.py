@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, hdrs, web
 from lanpair import errors
 from lanpair.clock import to_iso
 from lanpair.events import CLOSE_GOING_AWAY, Closed, Event, EventHub
-from lanpair.server.keys import HUB_KEY, SOCKETS_KEY
+from lanpair.server.keys import HUB_KEY, SERVICES_KEY, SOCKETS_KEY
 from lanpair.server.middleware import Access, access, caller
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     await socket.prepare(request)
     request.app[SOCKETS_KEY].add(socket)
     subscription = hub.subscribe(key=who.device.device_id if who.device else None, since=since)
+    presence = request.app[SERVICES_KEY].pairing.presence
+    if who.device is not None:
+        presence.connected(who.device.device_id, who.device.device_name)
     reader = asyncio.create_task(_drain(socket), name="events-reader")
     try:
         if subscription.resync:
@@ -58,6 +61,8 @@ async def events(request: web.Request) -> web.WebSocketResponse:
         hub.unsubscribe(subscription)
         await _stop(reader)
         request.app[SOCKETS_KEY].discard(socket)
+        if who.device is not None:
+            presence.disconnected(who.device.device_id)
     return socket
 
 
