@@ -13,7 +13,6 @@ import errno
 import functools
 import hashlib
 import io
-import json
 import logging
 import mimetypes
 import os
@@ -320,7 +319,7 @@ class Library:
 
     async def page_json(self, query: FileQuery) -> str:
         """Return one page of the gallery as JSON text, built off the event loop."""
-        return await self._store.files.render_page(query, _page_json)
+        return await self._store.files.page_json(query)
 
     async def open(self, file_id: int) -> tuple[FileRecord, Path]:
         """Return a file's record and its path, checked to lie inside the library. Raises
@@ -1037,11 +1036,6 @@ def _write_zip(
     finally:
         with contextlib.suppress(_ZipAborted):
             hand_over(queue, None, loop, stop)
-
-
-def _page_json(rows: list[dict[str, Any]], cursor: str | None) -> str:
-    """Write a gallery page straight from index rows (the page is the hot path)."""
-    return json.dumps({"items": [_item(row) for row in rows], "next_cursor": cursor})
 
 
 def item_json(record: FileRecord) -> dict[str, Any]:

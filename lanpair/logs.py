@@ -33,3 +33,7 @@ def setup_logging(level: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # A line per request only when debugging: one gallery scroll is hundreds of requests,
+    # and each line costs the event loop more than the request itself.
+    access = logging.getLogger("aiohttp.access")
+    access.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

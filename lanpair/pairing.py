@@ -40,6 +40,8 @@ DEVICE_ID_RE = re.compile(r"dev_[a-z0-9]{12}")
 MAX_NAME_CHARS = 64
 MAX_CLIENT_ID_CHARS = 128
 SEEN_EVERY = timedelta(seconds=60)
+KNOWN_FOR = timedelta(seconds=5)
+MAX_KNOWN = 10_000
 
 
 def new_token() -> str:
@@ -174,6 +176,10 @@ class Pairing:
         self._limiter = limiter or AttemptLimiter(clock)
         self._auth_failures = AttemptLimiter(clock, limit=1, window_s=60)
         self._seen: dict[str, datetime] = {}
+        # Token hash -> device, briefly: a gallery scroll needs no database read per request.
+        # Every change to pairings goes through this class, which forgets them all.
+        self._known: dict[bytes, tuple[Device, datetime]] = {}
+        self._generation = 0
 
     @property
     def pairing_ttl_s(self) -> float:
@@ -225,6 +231,7 @@ class Pairing:
             hash_token(device_token),
             client_addr,
         )
+        self._forget_tokens()  # a confirm may have replaced the same client's old pairing
         if outcome is not ConfirmOutcome.CONFIRMED:
             raise {
                 ConfirmOutcome.UNKNOWN: UnknownCode,
@@ -245,11 +252,19 @@ class Pairing:
     async def authenticate(self, token: str, client_addr: str) -> Device:
         """Return the device a token belongs to. Raises NotPaired (and audits it)."""
         now = self._clock.now()
-        found = (
-            await self._store.device_by_token(hash_token(token))
-            if TOKEN_RE.fullmatch(token)
-            else None
-        )
+        token_hash = hash_token(token)
+        cached = self._known.get(token_hash)
+        if cached is not None and now - cached[1] < KNOWN_FOR:
+            found: tuple[Device, bytes] | None = (cached[0], token_hash)
+        else:
+            generation = self._generation
+            found = (
+                await self._store.device_by_token(token_hash) if TOKEN_RE.fullmatch(token) else None
+            )
+            if found is not None and generation == self._generation:  # nothing changed meanwhile
+                if len(self._known) >= MAX_KNOWN:
+                    self._known.clear()
+                self._known[token_hash] = (found[0], now)
         if found is not None:
             device, stored = found
             if hmac.compare_digest(stored, hash_token(token)) and (
@@ -287,6 +302,7 @@ class Pairing:
         now = self._clock.now()
         by = "by owner" if caller.owner else "by itself"
         revoked = await self._store.revoke(device.device_id, now, client_addr, by)
+        self._forget_tokens()
         if revoked is None:
             raise NotFound("No paired device has that id.")
         self._seen.pop(device.device_id, None)
@@ -318,6 +334,10 @@ class Pairing:
             found = await self._store.device_by_token(hash_token(target))
             return found[0] if found else None
         return None
+
+    def _forget_tokens(self) -> None:
+        self._known.clear()
+        self._generation += 1
 
     async def _mark_seen(self, device: Device, now: datetime) -> None:
         last = self._seen.get(device.device_id)

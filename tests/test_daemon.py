@@ -55,7 +55,10 @@ def _env() -> dict[str, str]:
 
 
 def serve_command(data_dir: Path, port: str = "0") -> list[str]:
-    """Return the command that runs a daemon on loopback, without mDNS, on ``data_dir``."""
+    """Return the command that runs a daemon on loopback, without mDNS, on ``data_dir``.
+
+    It logs at debug level, access lines included: every line that could leak a token.
+    """
     return [
         sys.executable,
         "-m",
@@ -66,6 +69,8 @@ def serve_command(data_dir: Path, port: str = "0") -> list[str]:
         "--port",
         port,
         "--no-mdns",
+        "--log-level",
+        "debug",
         "--data-dir",
         str(data_dir),
     ]

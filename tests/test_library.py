@@ -16,6 +16,8 @@ from conftest import Daemon, StartDaemon
 from PIL import Image
 from test_api import bearer, pair, status_of
 
+from lanpair.library import item_json
+
 
 def jpeg(width: int = 64, height: int = 48, color: str = "red") -> bytes:
     """Return a small real JPEG."""
@@ -649,3 +651,24 @@ async def test_a_compressed_sibling_is_never_served_in_place_of_a_file(
     ):
         assert "Content-Encoding" not in response.headers
         assert await response.read() == b"plain text"
+
+
+async def test_a_gallery_page_shows_items_exactly_as_events_do(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """SQLite writes the page's items; item_json writes the events'; they must agree."""
+    await upload(daemon, phone["device_token"], ("a.jpg", jpeg(640, 480)), ("b.txt", b"text"))
+    async with daemon.session() as owner:
+        async with owner.post("/api/upload", data=form(("pc's <photo>.jpg", jpeg(30, 20)))) as r:
+            assert r.status == 200
+        async with owner.get("/api/gallery", params={"limit": "2"}) as r:
+            first = await r.json()
+        async with owner.get("/api/gallery", params={"cursor": first["next_cursor"]}) as r:
+            rest = await r.json()
+    assert rest["next_cursor"] is None
+    items = first["items"] + rest["items"]
+    assert len(items) == 3
+    for item in items:
+        record = await daemon.store.files.get(item["id"])
+        assert record is not None
+        assert item == item_json(record)

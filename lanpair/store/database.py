@@ -123,6 +123,7 @@ class Store:
     def __init__(self, path: Path, *, readers: int = 4) -> None:
         self.path = path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="lanpair-db-write")
+        self.commits = 0  # a generation for caches of what the database says
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="lanpair-db-read")
         self._local = threading.local()
         self._write_conn: sqlite3.Connection | None = None
@@ -413,6 +414,7 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self.commits += 1  # after the commit: what a reader cached before is now stale
         return result
 
     def _run_read(self, func: Callable[[sqlite3.Connection], T]) -> T:

@@ -6,10 +6,10 @@ import base64
 import enum
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from lanpair.clock import from_iso, to_iso
 from lanpair.errors import BadRequest, StoreError
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from lanpair.store.database import Store
 
 MAX_PAGE = 500
-T = TypeVar("T")
+CACHED_PAGES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,8 @@ class FileTable:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # Query -> (store commits when read, page): valid until the next commit of any kind.
+        self._pages: dict[FileQuery, tuple[int, str]] = {}
 
     async def add(self, new: NewFile, now: datetime, *, file_id: int | None = None) -> FileRecord:
         """Index a file under the id it had (a restore), replacing what was at its path."""
@@ -118,25 +120,39 @@ class FileTable:
 
         return await self._store.read(present)
 
-    async def render_page(
-        self, query: FileQuery, render: Callable[[list[dict[str, Any]], str | None], T]
-    ) -> T:
-        """Fetch one page and ``render`` its raw rows on the reader thread, off the loop."""
+    async def page_json(self, query: FileQuery) -> str:
+        """Return one gallery page as JSON text, written by SQLite itself.
+
+        The hot path: SQLite builds the items (``ITEM_JSON``) without holding the GIL,
+        so neither the event loop nor Python objects per row are involved.
+        """
+        cached = self._pages.get(query)
+        if cached is not None and cached[0] == self._store.commits:
+            return cached[1]  # a phone opening the gallery, again: the same first page
+        commits = self._store.commits
         limit = max(1, min(query.limit, MAX_PAGE))
         where, params = _filters(query)
         sql = (
-            "SELECT * FROM files"  # noqa: S608 -- fixed clauses; every value is a parameter
+            "SELECT json_group_array(json(item)) FILTER (WHERE n <= ?),"  # noqa: S608 -- fixed clauses; every value is a parameter
+            " max(CASE WHEN n = ? THEN taken_at END), max(CASE WHEN n = ? THEN id END),"
+            " count(*) FROM (SELECT " + ITEM_JSON + " AS item, taken_at, id,"
+            " row_number() OVER (ORDER BY taken_at DESC, id DESC) AS n FROM files"
             + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY taken_at DESC, id DESC LIMIT ?"
+            + " ORDER BY taken_at DESC, id DESC LIMIT ?)"
         )
 
-        def fetch(conn: sqlite3.Connection) -> T:
-            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
-            last = rows[limit - 1] if len(rows) > limit else None
-            cursor = _cursor(last["taken_at"], last["id"]) if last is not None else None
-            return render([dict(row) for row in rows[:limit]], cursor)
+        def fetch(conn: sqlite3.Connection) -> str:
+            items, taken, file_id, count = conn.execute(
+                sql, [limit, limit, limit, *params, limit + 1]
+            ).fetchone()
+            cursor = _cursor(taken, file_id) if count > limit else None
+            return f'{{"items": {items or "[]"}, "next_cursor": {json.dumps(cursor)}}}'
 
-        return await self._store.read(fetch)
+        text = await self._store.read(fetch)
+        if len(self._pages) >= CACHED_PAGES:
+            self._pages.clear()
+        self._pages[query] = (commits, text)
+        return text
 
     async def pending_thumbs(self) -> list[FileRecord]:
         """Return the files whose thumbnail is still to be drawn, newest first."""
@@ -269,6 +285,13 @@ class FileTable:
             )
         )
 
+
+# DESIGN.md's gallery item, as SQLite writes it for a page; library.item_json writes the
+# same from a record (for events), and a test keeps the two equal.
+ITEM_JSON = """json_object('id', id, 'name', name, 'type', kind, 'mime', mime,
+    'path', '/files/' || id, 'thumb', CASE WHEN thumb = 'none' THEN NULL ELSE '/thumbs/' || id END,
+    'size', size, 'taken_at', taken_at, 'width', width, 'height', height,
+    'duration', duration_s, 'device', coalesce(device_id, 'pc'), 'folder', folder)"""
 
 _INSERT = """INSERT INTO files (id, relpath, folder, device_id, name, size, mtime_ns, sha256,
     kind, mime, width, height, taken_at, duration_s, thumb, added_at)
