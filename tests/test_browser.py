@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 from conftest import Daemon
 from support import skip_or_fail
+from test_api import bearer, confirm, pair, status_of
+from test_library import jpeg, upload
+
+from lanpair.server.keys import HUB_KEY
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -47,6 +51,24 @@ async def open_page(browser: Any, errors: list[str]) -> Any:
     return page
 
 
+async def open_live(
+    browser: Any, url: str, errors: list[str], *, token: str | None = None
+) -> tuple[Any, list[str]]:
+    """Open ``url`` (as the paired device of ``token``, if given) once its events are live.
+
+    Returns the page and the list of WebSocket URLs it opens, which grows as it reconnects.
+    """
+    page = await open_page(browser, errors)
+    if token is not None:  # the cookie confirm would have set
+        cookie = {"name": "lanpair_device", "value": token, "url": url, "sameSite": "Strict"}
+        await page.context.add_cookies([{**cookie, "httpOnly": True, "secure": True}])
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await page.goto(url)
+    await page.wait_for_selector(".live-on")
+    return page, sockets
+
+
 async def test_phone_pairs_from_the_qr_url_and_the_pc_lists_it(
     daemon: Daemon, browser: Any
 ) -> None:
@@ -79,8 +101,7 @@ async def test_phone_pairs_from_the_qr_url_and_the_pc_lists_it(
     me = await phone.evaluate("fetch('/api/me').then(r => r.json())")
     assert me["device_name"] == "Kitchen <b>tablet</b>"
 
-    await pc.click("#refresh")
-    await pc.wait_for_selector(".device-name")
+    await pc.wait_for_selector(".device-name")  # pushed: no reload, no click
     assert (await pc.text_content(".device-name")) == "Kitchen <b>tablet</b>"
     assert await pc.locator(".device-name b").count() == 0
     assert errors == []
@@ -148,4 +169,159 @@ async def test_a_phone_sends_photos_from_the_explorer_and_the_pc_sees_them_live(
     await pc.wait_for_selector(".tile[title='beach.jpg']")  # pushed, not fetched
     await pc.click(".tile[title='beach.jpg']")
     await pc.wait_for_selector("#viewer[open] img")
+    assert errors == []
+
+
+async def test_the_pairing_page_lists_a_new_device_live_and_shows_a_fresh_code(
+    daemon: Daemon, browser: Any
+) -> None:
+    """A phone pairs with the code on screen: the list gains it; a new code replaces the used."""
+    errors: list[str] = []
+    pc, _ = await open_live(browser, f"{daemon.url}/pairing", errors)
+    await pc.wait_for_selector("#code-body:not([hidden])")
+    assert await pc.locator("#refresh").count() == 0
+    assert await pc.locator("nav a[href='/admin']").count() == 1
+    assert await pc.is_visible("#devices-empty")
+    used = await pc.text_content("#url") or ""
+    token = used.split("#t=", 1)[1].split("&", 1)[0]
+
+    async with daemon.session() as phone:
+        confirmed = await confirm(phone, token, "Garden phone", "garden")
+        assert confirmed.status == 200
+        device_id = (await confirmed.json())["device_id"]
+    row = pc.locator(".device", has_text="Garden phone")
+    await row.wait_for()
+    assert await row.locator(".presence-off").text_content() == "offline"
+    await pc.wait_for_selector("#paired-now:has-text('Garden phone is paired')")
+    await pc.wait_for_function(
+        "used => document.getElementById('url').textContent !== used", arg=used
+    )
+    assert not await pc.is_visible("#devices-empty")
+
+    hub = daemon.app[HUB_KEY]
+    hub.publish("device.online", {"device_id": device_id, "device_name": "Garden phone"})
+    await row.locator(".presence-on").wait_for()
+    hub.publish("device.synced", {"device_id": device_id, "last_sync": "2024-05-01T10:00:00Z"})
+    await row.locator("dt:text-is('Last sync') + dd:not(:text-is('—'))").wait_for()
+    hub.publish("device.offline", {"device_id": device_id, "device_name": "Garden phone"})
+    await row.locator(".presence-off").wait_for()
+    assert errors == []
+
+
+async def test_the_admin_page_shows_devices_uploads_in_progress_and_new_arrivals(
+    daemon: Daemon, browser: Any
+) -> None:
+    """The owner's overview lists devices, draws upload progress and adds arrivals as they land."""
+    phone = await pair(daemon, "Hall <i>phone", "hall")
+    errors: list[str] = []
+    pc, _ = await open_live(browser, f"{daemon.url}/admin", errors)
+    row = pc.locator("#devices .device", has_text="Hall <i>phone")
+    await row.wait_for()
+    assert await pc.locator("#devices i").count() == 0
+    assert await row.locator(".presence").text_content() == "offline"
+    assert await row.locator("dt:text-is('Files') + dd").text_content() == "0"
+    assert await pc.locator("nav a[href='/pairing']").count() == 1
+    assert await pc.is_visible("#uploads-empty")
+    assert await pc.is_visible("#arrivals-empty")
+
+    hub = daemon.app[HUB_KEY]
+    progress = {
+        "upload": "up-1",
+        "device_id": phone["device_id"],
+        "device_name": "Hall <i>phone",
+        "name": "<b>clip</b>.mp4",
+    }
+    hub.publish(
+        "upload.progress", {**progress, "bytes": 250_000, "total": 1_000_000, "state": "sending"}
+    )
+    bar = pc.locator("#uploads .upload", has_text="<b>clip</b>.mp4")
+    await bar.wait_for()
+    assert await bar.locator("progress").get_attribute("value") == "0.25"
+    assert "250 KB of 1.0 MB" in (await bar.text_content() or "")
+    hub.publish(
+        "upload.progress", {**progress, "bytes": 600_000, "total": None, "state": "sending"}
+    )
+    await pc.wait_for_function(
+        "() => !document.querySelector('#uploads progress').hasAttribute('value')"
+    )
+    hub.publish(
+        "upload.progress", {**progress, "bytes": 1_000_000, "total": 1_000_000, "state": "done"}
+    )
+    await bar.locator(".upload-state:text('Saved ✓')").wait_for()
+    await bar.wait_for(state="detached", timeout=10_000)
+    assert await pc.is_visible("#uploads-empty")
+
+    status, body = await upload(daemon, phone["device_token"], ("sunset.jpg", jpeg(640, 480)))
+    assert status == 200, body
+    sent = pc.locator("#uploads .upload", has_text="sunset.jpg")  # the daemon's own progress
+    await sent.locator(".upload-state:text('Saved ✓')").wait_for()
+    assert "from Hall <i>phone" in (await sent.text_content() or "")
+    arrival = pc.locator("#arrivals .arrival", has_text="sunset.jpg")
+    await arrival.wait_for()
+    file_id = body["files"][0]["id"]
+    assert await arrival.get_attribute("href") == f"/files/{file_id}"
+    assert await arrival.locator("img").get_attribute("src") == f"/thumbs/{file_id}"
+    assert "Hall <i>phone" in (await arrival.text_content() or "")
+    await row.locator("dt:text-is('Files') + dd:text-is('1')").wait_for()
+    await row.locator(".presence-on").wait_for()  # it just made a request
+    assert errors == []
+
+
+async def test_revoking_from_the_admin_page_ends_the_phones_session(
+    daemon: Daemon, browser: Any
+) -> None:
+    """Revoke on /admin drops the device from the list and tells the phone's open page at once."""
+    device = await pair(daemon, "Old phone", "old")
+    errors: list[str] = []
+    phone, _ = await open_live(
+        browser, f"{daemon.url}/explorer", errors, token=device["device_token"]
+    )
+    pc, _ = await open_live(browser, f"{daemon.url}/admin", errors)
+    await pc.wait_for_selector("#devices .device:has-text('Old phone')")
+    pc.on("dialog", lambda dialog: dialog.accept())
+    await pc.click("button[aria-label='Revoke Old phone']")
+    await pc.wait_for_selector("#devices-empty:not([hidden])")
+    await phone.wait_for_selector("#not-paired:not([hidden])")
+    assert await phone.is_hidden("#app")
+    assert errors == []
+
+
+async def test_lan_peers_do_not_get_the_admin_page(lan_daemon: Daemon) -> None:
+    """/admin is the owner's: a paired phone on the LAN gets 403 there, the owner the page."""
+    async with lan_daemon.session() as owner, owner.get("/admin") as response:
+        assert response.status == 200
+        assert "/static/admin.js" in await response.text()
+    device = await pair(lan_daemon)
+    async with lan_daemon.session(
+        source="127.0.0.2", headers=bearer(device["device_token"])
+    ) as peer:
+        assert await status_of(peer, "GET", "/admin") == 403
+
+
+async def test_the_explorer_catches_up_after_its_socket_drops(daemon: Daemon, browser: Any) -> None:
+    """Dropped as too slow it reconnects with since= and gets what it missed; after the daemon's
+    1001 it reconnects and reloads the gallery."""
+    sender = await pair(daemon, "Sender", "sender")
+    watcher = await pair(daemon, "Watcher", "watcher")
+    errors: list[str] = []
+    page, sockets = await open_live(
+        browser, f"{daemon.url}/explorer", errors, token=watcher["device_token"]
+    )
+    await upload(daemon, sender["device_token"], ("first.jpg", jpeg()))
+    await page.wait_for_selector(".tile[title='first.jpg']")  # another client's upload, pushed
+
+    hub = daemon.app[HUB_KEY]
+    hub.close_all(4408)
+    await upload(daemon, sender["device_token"], ("missed.jpg", jpeg(color="blue")))
+    await page.wait_for_selector(".tile[title='missed.jpg']")
+    assert len(sockets) == 2
+    assert "?since=" in sockets[1]
+
+    hub.close_all(1001)
+    await upload(daemon, sender["device_token"], ("after-restart.jpg", jpeg(color="green")))
+    await page.wait_for_selector(".tile[title='after-restart.jpg']")
+    await page.wait_for_selector(".live-on")
+    assert len(sockets) == 3
+    assert "since" not in sockets[2]
+    assert await page.locator(".tile").count() == 3
     assert errors == []

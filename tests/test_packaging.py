@@ -17,7 +17,12 @@ PAGES = [
     "pairing.js",
     "pair-confirm.html",
     "pair-confirm.js",
+    "explorer.html",
+    "explorer.js",
+    "admin.html",
+    "admin.js",
     "api.js",
+    "events.js",
     "style.css",
 ]
 

@@ -54,6 +54,49 @@ export function formatDate(iso) {
   return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 }
 
+/** Turn "403" on an owner page into what to do: open it on the PC itself. */
+export function ownerOnly(error, path) {
+  if (!(error instanceof ApiError) || error.status !== 403) return error;
+  const host = location.port ? `localhost:${location.port}` : 'localhost';
+  return { message: `This page only works on the PC running lanpair (open it at ${location.protocol}//${host}${path}).` };
+}
+
+export function formatSize(bytes) {
+  if (!Number.isFinite(bytes)) return '';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return `${value.toFixed(unit && value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+/** A dot and a word: is the device connected right now? (No `online` field means no.) */
+export function presence(device) {
+  const online = device.online === true;
+  return el('span', { class: `presence ${online ? 'presence-on' : 'presence-off'}`, text: online ? 'online' : 'offline' });
+}
+
+/** A button that asks, then revokes a device's pairing (the owner's pages). */
+export function revokeButton(device, { onDone, onError }) {
+  const name = device.device_name || device.device_id;
+  const button = el('button', { class: 'danger', text: 'Revoke', attrs: { type: 'button', 'aria-label': `Revoke ${name}` } });
+  button.addEventListener('click', async () => {
+    if (!confirm(`Revoke "${name}"? It will no longer be able to send photos.`)) return;
+    button.disabled = true;
+    try {
+      await api(`/api/pairing/revoke/${encodeURIComponent(device.device_id)}`, { method: 'POST', body: {} });
+      onDone();
+    } catch (error) {
+      button.disabled = false;
+      onError(error);
+    }
+  });
+  return button;
+}
+
 export function showError(banner, error) {
   banner.textContent = error?.message || 'Something went wrong.';
   banner.hidden = false;

@@ -1,4 +1,5 @@
-import { api, ApiError, el, formatDate, showError, clearError } from './api.js';
+import { api, ApiError, el, formatDate, formatSize, showError, clearError } from './api.js';
+import { connectEvents, showState } from './events.js';
 
 const $ = (id) => document.getElementById(id);
 const banner = $('error');
@@ -8,7 +9,7 @@ const NETWORK_MESSAGE = 'Could not reach lanpair. Check that the PC is on and on
 
 const gallery = { items: [], tiles: new Map(), cursor: null, generation: 0, loading: false, pending: [] };
 const uploads = { queue: [], active: 0, total: 0, sent: 0, failed: 0 };
-const live = { socket: null, lastId: null, retries: 0, timer: null, stopped: false };
+let events = null;
 let viewingId = null;
 
 const key = (id) => String(id);
@@ -19,9 +20,7 @@ function isUnauthorized(error) {
 }
 
 function notPaired() {
-  live.stopped = true;
-  clearTimeout(live.timer);
-  live.socket?.close();
+  events?.close();
   if ($('viewer').open) $('viewer').close();
   $('app').hidden = true;
   $('live').hidden = true;
@@ -35,18 +34,6 @@ function formatDuration(seconds) {
   const m = Math.floor((total % 3600) / 60);
   const s = String(total % 60).padStart(2, '0');
   return h ? `${h}:${String(m).padStart(2, '0')}:${s}` : `${m}:${s}`;
-}
-
-function formatSize(bytes) {
-  if (!Number.isFinite(bytes)) return '';
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1000 && unit < units.length - 1) {
-    value /= 1000;
-    unit += 1;
-  }
-  return `${value.toFixed(unit && value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
 /* ---------- Gallery ---------- */
@@ -93,7 +80,7 @@ function removeItem(id) {
   if (viewingId === key(id)) $('viewer').close();
 }
 
-function replaceItem(oldId, item) {
+function replaceItem(oldId, item, { sameMedia = false } = {}) {
   if (key(oldId) !== key(item.id)) removeItem(item.id);
   const tile = gallery.tiles.get(key(oldId));
   if (!tile) return;
@@ -102,7 +89,7 @@ function replaceItem(oldId, item) {
   gallery.tiles.delete(key(oldId));
   gallery.tiles.set(key(item.id), fresh);
   gallery.items = gallery.items.map((old) => (key(old.id) === key(oldId) ? item : old));
-  if (viewingId === key(oldId)) showInViewer(item);
+  if (viewingId === key(oldId)) showInViewer(item, { sameMedia });
 }
 
 function resetGallery() {
@@ -155,11 +142,12 @@ function viewerMeta(item) {
   return [formatSize(item.size), item.taken_at ? formatDate(item.taken_at) : ''].filter(Boolean).join(' · ');
 }
 
-function showInViewer(item) {
+function showInViewer(item, { sameMedia = false } = {}) {
   viewingId = key(item.id);
   $('viewer-name').textContent = item.name;
   $('viewer-meta').textContent = viewerMeta(item);
-  $('viewer-media').replaceChildren(viewerMedia(item));
+  // A poster or size that arrived later must not restart the video being watched.
+  if (!sameMedia) $('viewer-media').replaceChildren(viewerMedia(item));
   const index = indexOf(item.id);
   $('viewer-prev').disabled = index <= 0;
   $('viewer-next').disabled = index < 0 || index >= gallery.items.length - 1;
@@ -242,6 +230,7 @@ function startUpload(job) {
   xhr.addEventListener('abort', () => finishUpload(job, { ok: false, message: 'Cancelled.' }));
   const form = new FormData();
   form.append('modified', String(job.file.lastModified));
+  form.append('size', String(job.file.size)); // lets the PC's overview draw a true progress bar
   form.append('file', job.file, job.file.name);
   job.state.textContent = 'Sending…';
   xhr.send(form);
@@ -276,81 +265,33 @@ function queueFiles(files) {
 
 /* ---------- Live events ---------- */
 
-function setLive(state) {
-  const dot = $('live');
-  dot.hidden = false;
-  dot.className = `live live-${state}`;
-  dot.textContent = state === 'on' ? 'live' : 'reconnecting…';
-}
-
-function applyEvent(event) {
-  const data = event.data ?? {};
-  if (event.type === 'file.added') addItem(data.item, { atTop: true });
-  else if (event.type === 'file.removed') removeItem(data.id);
-  else if (event.type === 'file.moved' && data.item) replaceItem(data.id ?? data.item.id, data.item);
-  else if (event.type === 'resync') {
-    loadPage({ fresh: true });
-    return;
-  }
+function applyEvent(type, data) {
+  if (type === 'file.added') addItem(data.item, { atTop: true });
+  else if (type === 'file.updated' && data.item) replaceItem(data.item.id, data.item, { sameMedia: true });
+  else if (type === 'file.removed') removeItem(data.id);
+  else if (type === 'file.moved' && data.item) replaceItem(data.id ?? data.item.id, data.item);
+  else return;
   refreshEmpty();
 }
 
 function flushPendingEvents() {
   const pending = gallery.pending.splice(0);
-  pending.forEach(applyEvent);
+  for (const [type, data] of pending) applyEvent(type, data);
 }
 
-function onMessage(message) {
-  let event;
-  try {
-    event = JSON.parse(message.data);
-  } catch {
-    return;
-  }
-  if (event.id !== null && event.id !== undefined) live.lastId = event.id;
-  if (gallery.loading && event.type !== 'resync') gallery.pending.push(event);
-  else applyEvent(event);
+function onEvent(type, data) {
+  // Events that arrive while a page is on its way wait for it, so nothing lands twice or is lost.
+  if (gallery.loading) gallery.pending.push([type, data]);
+  else applyEvent(type, data);
 }
 
-function eventsUrl() {
-  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-  const since = live.lastId !== null ? `?since=${encodeURIComponent(live.lastId)}` : '';
-  return `${scheme}${location.host}/api/events${since}`;
-}
-
-async function stillPaired() {
-  try {
-    await api('/api/me');
-    return true;
-  } catch (error) {
-    return !isUnauthorized(error);
-  }
-}
-
-async function onClose(event, opened) {
-  if (live.stopped) return;
-  if (event.code === 4401 || (!opened && !(await stillPaired()))) {
-    notPaired();
-    return;
-  }
-  setLive('off');
-  const delay = Math.min(30_000, 2000 * 2 ** live.retries);
-  live.retries += 1;
-  live.timer = setTimeout(connect, delay);
-}
-
-function connect() {
-  if (live.stopped) return;
-  const socket = new WebSocket(eventsUrl());
-  let opened = false;
-  live.socket = socket;
-  socket.addEventListener('open', () => {
-    opened = true;
-    live.retries = 0;
-    setLive('on');
+function listen() {
+  events = connectEvents({
+    onEvent,
+    onResync: () => loadPage({ fresh: true }),
+    onState: (state) => showState($('live'), state),
+    onUnpaired: notPaired,
   });
-  socket.addEventListener('message', onMessage);
-  socket.addEventListener('close', (event) => onClose(event, opened));
 }
 
 /* ---------- Start ---------- */
@@ -399,7 +340,7 @@ async function init() {
   bindEvents();
   $('app').hidden = false;
   gallery.loading = true;
-  connect();
+  listen();
   loadPage({ fresh: true });
 }
 

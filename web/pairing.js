@@ -1,15 +1,12 @@
-import { api, ApiError, el, formatDate, showError, clearError } from './api.js';
+import { api, el, formatDate, ownerOnly, presence, revokeButton, showError, clearError } from './api.js';
+import { connectEvents, liveDevices, showState } from './events.js';
 
 const $ = (id) => document.getElementById(id);
 const banner = $('error');
 let countdownTimer = null;
 let currentUrl = '';
 
-function explain(error) {
-  if (!(error instanceof ApiError) || error.status !== 403) return error;
-  const host = location.port ? `localhost:${location.port}` : 'localhost';
-  return { message: `This page only works on the PC running lanpair (open it at https://${host}/pairing).` };
-}
+const explain = (error) => ownerOnly(error, '/pairing');
 
 function formatRemaining(ms) {
   const total = Math.max(0, Math.ceil(ms / 1000));
@@ -97,56 +94,47 @@ function fact(label, value) {
   return [el('dt', { text: label }), el('dd', { text: value })];
 }
 
-function revokeButton(device) {
-  const label = `Revoke ${device.device_name || device.device_id}`;
-  const button = el('button', { class: 'danger', text: 'Revoke', attrs: { type: 'button', 'aria-label': label } });
-  button.addEventListener('click', () => revoke(device, button));
-  return button;
-}
+const reportError = (error) => showError(banner, explain(error));
 
 function deviceItem(device) {
   const status = device.status || 'unknown';
   return el('li', { class: 'device' },
     el('div', {},
       el('span', { class: 'device-name', text: device.device_name || device.device_id }),
-      el('span', { class: `status status-${status}`, text: status })),
+      el('span', { class: `status status-${status}`, text: status }),
+      status === 'confirmed' ? presence(device) : null),
     el('dl', {},
       ...fact('Paired', formatDate(device.confirmed_at)),
       ...fact('Expires', formatDate(device.expires_at)),
       ...fact('Last seen', formatDate(device.last_seen)),
+      ...fact('Last sync', formatDate(device.last_sync)),
       ...fact('Files', device.file_count ?? 0)),
-    status === 'confirmed' ? el('div', { class: 'actions' }, revokeButton(device)) : null);
+    status === 'confirmed'
+      ? el('div', { class: 'actions' }, revokeButton(device, { onDone: () => devices.reload(), onError: reportError }))
+      : null);
 }
 
-async function loadDevices() {
-  const button = $('refresh');
-  button.disabled = true;
-  try {
-    const devices = await api('/api/pairing/devices');
-    const list = Array.isArray(devices) ? devices : devices?.devices ?? [];
-    $('devices').replaceChildren(...list.map(deviceItem));
-    $('devices-empty').hidden = list.length > 0;
-  } catch (error) {
-    showError(banner, explain(error));
-  } finally {
-    button.disabled = false;
+const devices = liveDevices({ list: $('devices'), empty: $('devices-empty'), render: deviceItem, onError: reportError });
+
+function onEvent(type, data) {
+  devices.apply(type, data);
+  if (type === 'device.paired') {
+    // The code on screen may be the one just used (each code pairs once): show a fresh one.
+    $('paired-now').textContent = `✓ ${data.device_name || 'A device'} is paired. Here is a new code for the next one.`;
+    $('paired-now').hidden = false;
+    generate();
   }
 }
 
-async function revoke(device, button) {
-  if (!confirm(`Revoke "${device.device_name}"? It will no longer be able to send photos.`)) return;
-  button.disabled = true;
-  clearError(banner);
-  try {
-    await api(`/api/pairing/revoke/${encodeURIComponent(device.device_id)}`, { method: 'POST', body: {} });
-  } catch (error) {
-    showError(banner, error);
-  }
-  await loadDevices();
-}
-
-$('generate').addEventListener('click', generate);
+$('generate').addEventListener('click', () => {
+  $('paired-now').hidden = true;
+  generate();
+});
 $('copy').addEventListener('click', copyLink);
-$('refresh').addEventListener('click', () => { clearError(banner); loadDevices(); });
 generate();
-loadDevices();
+devices.reload();
+connectEvents({
+  onEvent,
+  onResync: () => devices.reload(),
+  onState: (state) => showState($('live'), state),
+});

@@ -25,6 +25,13 @@ async def pairing(request: web.Request) -> web.StreamResponse:
     return _page("pairing.html")
 
 
+@routes.get("/admin")
+@access(Access.OWNER)
+async def admin(request: web.Request) -> web.StreamResponse:
+    """Show the owner's overview: devices, uploads in progress, recent arrivals."""
+    return _page("admin.html")
+
+
 @routes.get("/pair-confirm")
 @access(Access.ANYONE)
 async def pair_confirm(request: web.Request) -> web.StreamResponse:
