@@ -79,11 +79,14 @@ class EventHub:
         self, clock: Callable[[], datetime], *, ring: int = 4096, queue_size: int = 256
     ) -> None:
         self._clock = clock
-        self._ids = itertools.count(1)
+        # Ids start at the time in ms, so a restarted daemon's ids are all new: a client
+        # coming back with an id of the old run gets a resync, never someone else's events.
+        first = int(clock().timestamp() * 1000)
+        self._ids = itertools.count(first)
         self._ring: deque[Event] = deque(maxlen=ring)
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
-        self.last_id = 0
+        self.last_id = first - 1
 
     def publish(self, type_: str, data: dict[str, Any]) -> Event:
         """Send an event to every subscriber now. Loop-only; never blocks."""
@@ -105,7 +108,9 @@ class EventHub:
         ``resync`` set: the client must reload everything.
         """
         subscription = Subscription(key=key, queue=asyncio.Queue(self._queue_size))
-        if since is not None and since < self.last_id:
+        if since is not None and since > self.last_id:
+            subscription.resync = True  # an id this run never gave out: the daemon restarted
+        elif since is not None and since < self.last_id:
             oldest = self._ring[0].id if self._ring else self.last_id + 1
             if since + 1 < oldest:
                 subscription.resync = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import io
@@ -51,7 +52,7 @@ from lanpair.errors import (
 )
 from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
-from lanpair.names import UnsafeName, numbered, safe_name
+from lanpair.names import UnsafeName, folder_name, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
 from lanpair.store import FileQuery, FileStat, Indexed, Store
 
@@ -107,7 +108,7 @@ class Library:
         self._store = store
         self.paths = paths
         self._clock = clock
-        self.pc_folder = safe_name(pc_folder)
+        self.pc_folder = folder_name(pc_folder)
         self._reserve = reserve_bytes
         self._max_upload = max_upload_bytes
         self.hub = hub or EventHub(clock.now)
@@ -539,10 +540,13 @@ class Library:
         mine = [p for p in relpaths if self._claimed(p)]
         self._deferred.update(mine)
         relpaths = [p for p in dict.fromkeys(relpaths) if not self._claimed(p)]
-        on_disk, indexed = await asyncio.gather(
+        (on_disk, writing), indexed = await asyncio.gather(
             asyncio.to_thread(_stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
+        for relpath in writing:  # half-written: its writer's close brings it back here
+            del on_disk[relpath]
+            indexed.pop(relpath, None)
         await self._unindex(
             [stat for relpath, stat in indexed.items() if relpath not in on_disk], announce=True
         )
@@ -562,7 +566,7 @@ class Library:
         if self._claimed(source) or self._claimed(dest):
             await self._sync_paths([source, dest])  # defers them until lanpair is done
             return
-        on_disk, indexed = await asyncio.gather(
+        (on_disk, _writing), indexed = await asyncio.gather(
             asyncio.to_thread(_stat_many, self.paths.root, [dest]),
             self._store.files.stats_of([source, dest]),
         )
@@ -934,12 +938,14 @@ def _real_folder(root: Path, folder: str) -> bool:
     return True
 
 
-def _stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
-    """Return size and mtime of those paths that are files of the library. Blocking.
+def _stat_many(root: Path, relpaths: list[str]) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """Return size and mtime of those paths that are files of the library, and which of
+    them someone still has open for writing (their close will be news of its own). Blocking.
 
     A file directly in the root, a symlink, or a path through one, counts as absent.
     """
     found = {}
+    writing = set()
     for relpath in relpaths:
         folder, _, _name = relpath.rpartition("/")
         if not folder or not _real_folder(root, folder):
@@ -950,7 +956,30 @@ def _stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
             continue
         if stat_is_file(stat.st_mode):
             found[relpath] = (stat.st_size, stat.st_mtime_ns)
-    return found
+            if being_written(root / relpath):
+                writing.add(relpath)
+    return found, writing
+
+
+def being_written(path: Path) -> bool:
+    """Say whether any process has ``path`` open for writing. Blocking.
+
+    A read lease is refused (EAGAIN) exactly then; where leases are not allowed (another
+    owner's file, some filesystems) the answer is "no", and the file's close decides.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _empty(folder: Path) -> None:
@@ -1087,7 +1116,7 @@ def _may_change(caller: Caller, owner_device_id: str | None) -> None:
 
 
 def _device_folder(device_name: str, device_id: str, taken: set[str]) -> str:
-    base = safe_name(f"{device_name} ({device_id.removeprefix('dev_')[:4]})")
+    base = folder_name(f"{device_name} ({device_id.removeprefix('dev_')[:4]})")
     name, n = base, 0
     while name in taken:
         n += 1

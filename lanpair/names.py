@@ -58,6 +58,11 @@ def safe_name(raw: str) -> str:
     return cap_bytes(text)
 
 
+def folder_name(raw: str) -> str:
+    """Return a safe folder name for a device or PC name (separators become "_")."""
+    return safe_name(re.sub(r"[/\\]", "_", raw).strip(" ."))
+
+
 def safe_relpath(raw: str) -> tuple[str, ...]:
     """Split a client's relative path into safe components.
 

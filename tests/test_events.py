@@ -18,12 +18,13 @@ def hub(**kwargs: int) -> EventHub:
 async def test_every_subscriber_gets_every_event_in_order() -> None:
     """Events carry sequential ids and reach all subscribers in order."""
     events = hub()
+    start = events.last_id + 1
     first, second = events.subscribe(), events.subscribe()
     for n in range(5):
         events.publish("file.added", {"n": n})
     for subscription in (first, second):
         got = [await subscription.next() for _ in range(5)]
-        assert [e.id for e in got] == [1, 2, 3, 4, 5]
+        assert [e.id - start for e in got] == [0, 1, 2, 3, 4]
         assert [e.data["n"] for e in got] == [0, 1, 2, 3, 4]
 
 
@@ -44,21 +45,19 @@ async def test_a_slow_subscriber_is_dropped_and_a_fast_one_keeps_going() -> None
 async def test_reconnecting_with_since_replays_exactly_what_was_missed() -> None:
     """since=<last seen id> replays the events after it, then continues live."""
     events = hub()
-    for n in range(10):
-        events.publish("file.added", {"n": n})
-    again = events.subscribe(since=7)
-    events.publish("file.added", {"n": 10})
-    assert [(await again.next()).id for _ in range(4)] == [8, 9, 10, 11]
-    assert not events.subscribe(since=11).pending
+    ids = [events.publish("file.added", {"n": n}).id for n in range(10)]
+    again = events.subscribe(since=ids[7])
+    last = events.publish("file.added", {"n": 10}).id
+    assert [(await again.next()).id for _ in range(3)] == [*ids[8:], last]
+    assert not events.subscribe(since=last).pending
 
 
 async def test_too_far_behind_means_resync() -> None:
     """When the missed events left the ring buffer, the subscription asks for a resync."""
     events = hub(ring=5)
-    for n in range(20):
-        events.publish("file.added", {"n": n})
-    assert events.subscribe(since=3).resync is True
-    assert events.subscribe(since=16).resync is False
+    ids = [events.publish("file.added", {"n": n}).id for n in range(20)]
+    assert events.subscribe(since=ids[3]).resync is True
+    assert events.subscribe(since=ids[15]).resync is False
 
 
 async def test_closing_a_device_ends_only_its_subscriptions() -> None:
@@ -104,3 +103,14 @@ async def test_presence_says_online_once_and_offline_when_nothing_keeps_it() -> 
         ("device.online", "dev_b"),
         ("device.offline", "dev_b"),
     ]
+
+
+async def test_an_id_from_before_a_restart_means_resync() -> None:
+    before = hub()
+    old_id = before.publish("file.added", {}).id
+    clock = ManualClock()
+    clock.advance(60)
+    after = EventHub(clock.now)  # the daemon restarted a minute later
+    assert after.subscribe(since=old_id).resync
+    future = hub()
+    assert future.subscribe(since=future.last_id + 5).resync

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from lanpair.names import (
+    FALLBACK_NAME,
     MAX_NAME_BYTES,
     UnsafeName,
     cap_bytes,
     clean_text,
+    folder_name,
     numbered,
     safe_name,
     safe_relpath,
@@ -91,3 +93,16 @@ def test_clean_text_keeps_emoji_sequences() -> None:
     """The zero-width joiner inside an emoji family survives cleaning."""
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     assert clean_text(f" {family}\n photos ") == f"{family} photos"
+
+
+@pytest.mark.parametrize(
+    ("raw", "folder"),
+    [
+        ("Hall/phone", "Hall_phone"),
+        ("a\\b", "a_b"),
+        ("..", FALLBACK_NAME),
+        ("Anna's phone", "Anna's phone"),
+    ],
+)
+def test_device_and_pc_names_always_make_a_folder(raw: str, folder: str) -> None:
+    assert folder_name(raw) == folder

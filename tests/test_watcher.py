@@ -299,3 +299,18 @@ async def test_rescan_mode_notices_files_without_file_events(tmp_path: Path) -> 
 def test_the_filesystem_type_comes_from_the_mount_table(tmp_path: Path) -> None:
     assert filesystem_type(Path("/proc/self")) == "proc"
     assert filesystem_type(tmp_path) is not None
+
+
+async def test_a_file_still_open_for_writing_waits_for_its_writers_close(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    """Even if the watcher looked too early (a busy machine), a half-written file waits."""
+    daemon, folder, subscription = watched
+    with (folder / "open.bin").open("wb") as file:
+        file.write(b"half")
+        file.flush()
+        await daemon.library.apply([Change(f"{FOLDER}/open.bin")])
+        assert await collect(subscription, quiet_s=0.2) == []
+        file.write(b" and the rest")
+    [event] = await collect(subscription)
+    assert (event.type, event.data["item"]["size"]) == ("file.added", len(b"half and the rest"))
