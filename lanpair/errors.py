@@ -54,6 +54,12 @@ class ConfigError(LanpairError):
     code = "config"
 
 
+class MdnsRefused(LanpairError):
+    """mDNS is forbidden in this network namespace (a test's guard); nothing was sent."""
+
+    code = "mdns_refused"
+
+
 class CertificateError(LanpairError):
     """The TLS key or certificate could not be made or read."""
 
