@@ -100,6 +100,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("tls", "bool", True, "serve HTTPS with a self-signed certificate (--no-tls: HTTP)"),
     Setting("mdns", "bool", True, "advertise the daemon on the LAN with mDNS (--no-mdns: off)"),
+    Setting(
+        "interface",
+        "list",
+        (),
+        "network interfaces to advertise on with mDNS, comma-separated (e.g. wlan0)",
+        "every interface but loopback",
+    ),
     Setting("name", "str", None, "the PC's display name shown to phones", "the host name"),
     Setting("hostname", "str", None, "the .local name put in the QR code", "the system host name"),
     Setting(
@@ -138,6 +145,7 @@ class Settings:
     watch: str
     tls: bool
     mdns: bool
+    interface: tuple[str, ...]
     name: str
     hostname: str
     advertise_ip: str

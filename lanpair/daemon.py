@@ -15,9 +15,9 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
-from lanpair import netif, tls
+from lanpair import discovery, netif, tls
 from lanpair.clock import Clock, SystemClock
 from lanpair.config import Settings
 from lanpair.errors import CertificateError, ConfigError
@@ -78,8 +78,6 @@ async def _serve(
     await asyncio.to_thread(addresses.refresh)
     server_tls = await _set_up_tls(settings, paths, clock)
     sockets = await asyncio.to_thread(_bind, settings)
-    if settings.mdns:
-        log.info("mDNS advertisement is not built yet: phones find this PC by its QR code")
 
     store = Store(paths.database)
     site = Site(
@@ -128,10 +126,15 @@ async def _serve(
     add_lifecycle(app, _opened(store, site))
     add_lifecycle(app, pool)
     add_lifecycle(app, library)
+    announcer = Announcer(settings, site)
+    if settings.mdns:
+        add_lifecycle(app, announcer)
+    else:
+        log.info("mDNS is off (--no-mdns): other machines find this PC by its QR code or address")
     add_lifecycle(
         app,
         background(
-            _watch_network(settings, paths, site, addresses, server_tls, clock),
+            _watch_network(settings, paths, site, addresses, server_tls, clock, announcer),
             name="network-watch",
         ),
     )
@@ -250,11 +253,12 @@ async def _watch_network(
     addresses: netif.LocalAddressSet,
     server_tls: tls.ServerTls | None,
     clock: Clock,
+    announcer: Announcer,
 ) -> None:
-    """Every few seconds: follow address changes (QR address, certificate names); every few
-    hours: renew the certificate before it expires."""
+    """Every few seconds: follow address changes (QR address, certificate names, mDNS);
+    every few hours: renew the certificate before it expires."""
     cert_checked = time.monotonic()
-    cert_stale = False
+    cert_stale = moved = False
     while True:
         await asyncio.sleep(ADDRESS_CHECK_S)
         try:
@@ -262,7 +266,7 @@ async def _watch_network(
                 log.info("network addresses changed")
                 if not settings.advertise_ip:
                     site.ip = await asyncio.to_thread(_advertise_ip, settings)
-                cert_stale = True
+                cert_stale = moved = True
             if time.monotonic() - cert_checked > CERT_CHECK_S:
                 cert_stale = True
             if server_tls is not None and cert_stale:
@@ -270,8 +274,62 @@ async def _watch_network(
                 if info != server_tls.info:
                     await asyncio.to_thread(server_tls.use, info)
                 cert_checked, cert_stale = time.monotonic(), False
+            if moved:  # after the certificate: whoever follows the news finds it covered
+                await announcer.update()
+                moved = False
         except Exception:
             log.exception("following the network or renewing the certificate failed; retrying")
+
+
+class Announcer:
+    """The daemon's mDNS advertisement, made once the store has told the PC's device id."""
+
+    def __init__(self, settings: Settings, site: Site) -> None:
+        self._settings = settings
+        self._site = site
+        self._advertisement: discovery.Advertisement | None = None
+
+    async def __aenter__(self) -> Self:
+        """Advertise on the LAN; take the .local name the advertisement got."""
+        site = self._site
+        advertisement = discovery.Advertisement(
+            name=site.name,
+            hostname=site.hostname,
+            port=site.port,
+            device_id=site.device_id,
+            scheme=site.scheme,
+            fingerprint=site.fingerprint,
+            addresses=self._listened_addresses(),
+            interfaces=self._settings.interface,
+        )
+        try:
+            await advertisement.__aenter__()
+        except Exception as exc:  # serving matters more than being found by name
+            log.error("mDNS advertisement failed (%s): find this PC by its QR code", exc)
+            return self
+        self._advertisement = advertisement
+        site.hostname = advertisement.server.removesuffix(".local")  # "<host>-2" if taken
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Say goodbye on the LAN."""
+        advertisement, self._advertisement = self._advertisement, None
+        if advertisement is not None:
+            await advertisement.__aexit__(None, None, None)
+
+    async def update(self) -> None:
+        """Re-announce with the addresses the machine has now."""
+        if self._advertisement is not None:
+            await self._advertisement.update(self._listened_addresses())
+
+    def _listened_addresses(self) -> list[str] | None:
+        """Return the addresses to advertise: the ones listened on, or None for all."""
+        specific = [
+            h
+            for h in self._settings.host
+            if h not in {"0.0.0.0", "::"} and not ipaddress.ip_address(h).is_loopback
+        ]
+        return specific or None
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from lan import FORBID_ENV, Host, Lan, avahi_unavailable, netns_inode, start_avahi, virtual_lan
 from support import skip_or_fail
 
@@ -182,6 +183,62 @@ def test_a_new_address_is_re_announced_and_replaces_the_old_one(lan: Lan) -> Non
     assert addresses == [new_ip, pc.ipv6]
     resolved = Agent(lan["phone"], "resolve", "pc_pc", "2").read()
     assert resolved["found"]["addresses"] == [new_ip, pc.ipv6]
+
+
+def start_daemon(host: Host, data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Run the real daemon, mDNS on, in ``host``; return it and its runtime file."""
+    daemon = host.python(
+        "-m", "lanpair", "serve", "--port", "0", "--data-dir", str(data_dir),
+        "--hostname", host.hostname, "--name", "Test PC",
+    )  # fmt: skip
+    runtime = data_dir / "daemon.json"
+    deadline = time.monotonic() + AGENT_TIMEOUT_S
+    while not runtime.exists():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(
+                f"the daemon did not start:\n{daemon.stderr.read() if daemon.stderr else ''}"
+            )
+        time.sleep(0.05)
+    return daemon, json.loads(runtime.read_text())
+
+
+def certificate_names(data_dir: Path) -> list[str]:
+    """Return the addresses and names the daemon's certificate covers."""
+    cert = x509.load_pem_x509_certificate((data_dir / "tls" / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(name.value) for name in san]
+
+
+@pytest.mark.timeout(90)
+def test_the_daemon_advertises_its_real_port_and_follows_a_new_address(
+    lan: Lan, tmp_path: Path
+) -> None:
+    """lanpair serve --port 0 announces the bound port and its fingerprint; after DHCP moves
+    the PC it re-announces the new address, with a certificate that covers it."""
+    pc, laptop = lan["pc"], lan["laptop"]
+    daemon, runtime = start_daemon(pc, tmp_path / "data")
+    port = int(runtime["url"].rsplit(":", 1)[1])
+    [found] = browse_once(laptop)["found"]
+    assert (found["port"], found["fingerprint"], found["device_id"]) == (
+        port,
+        runtime["fingerprint"],
+        runtime["device_id"],
+    )
+    assert found["server"] == f"{pc.hostname}.local"
+    assert pc.ipv4 in found["addresses"]
+
+    new_ip = "10.78.0.43"
+    pc.set_ipv4(new_ip)
+    deadline = time.monotonic() + 15.0  # the daemon looks at its addresses every 5 s
+    while True:
+        addresses = [f["addresses"] for f in browse_once(laptop)["found"]]
+        if (addresses and new_ip in addresses[0]) or time.monotonic() > deadline:
+            break
+    assert addresses == [[new_ip, pc.ipv6]]
+    assert new_ip in certificate_names(tmp_path / "data")
+    daemon.terminate()
+    assert daemon.wait(AGENT_TIMEOUT_S) == 0
+    assert browse_once(laptop)["found"] == []  # it said goodbye
 
 
 @pytest.mark.timeout(60)
