@@ -18,7 +18,6 @@ import logging
 import mimetypes
 import os
 import secrets
-import tempfile
 import threading
 import time
 import zipfile
@@ -526,7 +525,9 @@ class Library:
         await self._scanned.wait()
         files: list[str] = []
         for change in changes:
-            if change.folder:
+            if change.folder and change.dest is not None:
+                await self._follow_folder_move(change.relpath, change.dest)
+            elif change.folder:
                 await self.scan(change.relpath, announce=True)
             elif change.dest is not None:
                 await self._follow_move(change.relpath, change.dest)
@@ -582,6 +583,26 @@ class Library:
         if moved is not None:
             log.info("%s was moved to %s", source, dest)
             self.hub.publish("file.moved", {"id": moved.id, "item": item_json(moved)})
+
+    async def _follow_folder_move(self, source: str, dest: str) -> None:
+        """Carry a folder renamed by hand over to its new name, each file keeping its id."""
+        before = await self._store.files.stats(source)
+        renamed = {dest + relpath[len(source) :]: stat for relpath, stat in before.items()}
+        on_disk, _writing = await asyncio.to_thread(_stat_many, self.paths.root, list(renamed))
+        folder = dest.split("/", 1)[0]
+        device_id = (await self._device_folders()).get(folder)
+        moved = 0
+        for relpath, stat in renamed.items():
+            if on_disk.get(relpath) != (stat.size, stat.mtime_ns):
+                continue  # not the same file: the scans below sort it out
+            record = await self._store.files.move(stat.id, relpath, folder, device_id)
+            if record is not None:
+                moved += 1
+                self.hub.publish("file.moved", {"id": record.id, "item": item_json(record)})
+                await asyncio.sleep(0)  # a big folder: let subscribers keep up
+        log.info("folder %s was renamed to %s (%d files)", source, dest, moved)
+        await self.scan(source, announce=True)
+        await self.scan(dest, announce=True)
 
     async def _unindex(self, stats: list[FileStat], *, announce: bool) -> int:
         """Drop vanished files from the index (and their thumbnails); return how many."""
@@ -671,7 +692,15 @@ class Spool:
     Every method is blocking.
     """
 
-    def __init__(self, path: Path, reserve_bytes: int, max_bytes: int, *, resume: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        reserve_bytes: int,
+        max_bytes: int,
+        *,
+        resume: bool,
+        fd: int | None = None,
+    ) -> None:
         self.path = path
         self._reserve = reserve_bytes
         self._max = max_bytes
@@ -680,15 +709,15 @@ class Spool:
         self.head = b""
         if resume:
             self._rehash()
-        self._file = path.open("ab", buffering=0)
+        self._file = path.open("ab", buffering=0) if fd is None else os.fdopen(fd, "ab", 0)
 
     @classmethod
     def create(cls, staging: Path, reserve_bytes: int, max_bytes: int) -> Spool:
-        """Open a new temp file in ``staging``."""
-        fd, name = tempfile.mkstemp(dir=staging, prefix="upload-", suffix=".part")
-        os.fchmod(fd, FILE_MODE)
-        os.close(fd)
-        return cls(Path(name), reserve_bytes, max_bytes, resume=False)
+        """Open a new temp file in ``staging`` (a fresh random name, created exclusively)."""
+        path = staging / f"upload-{secrets.token_hex(8)}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # whatever the umask: what a saved file usually gets
+        return cls(path, reserve_bytes, max_bytes, resume=False, fd=fd)
 
     def write_all(self, pieces: list[bytes]) -> None:
         """Append and hash the pieces; stop if the disk fills or the file grows too big."""
@@ -875,10 +904,16 @@ def _describe(
 
 
 def _describe_many(root: Path, relpaths: list[str], folders: dict[str, str]) -> list[NewFile]:
-    """Describe files found by a scan; skip (and log) the unreadable. Blocking."""
+    """Describe files found by a scan; skip (and log) the unreadable. Blocking.
+
+    A file someone is still writing is skipped too: its writer's close is news of its own
+    to the watcher (or the next scan's).
+    """
     described = []
     for relpath in relpaths:
         folder = relpath.split("/", 1)[0]
+        if being_written(root / relpath):
+            continue
         try:
             head = _read_head(root / relpath)
             described.append(

@@ -34,7 +34,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Change:
     """Something to look at again: a file, a move, a folder, or the whole library."""
 
     relpath: str  # "" with ``folder`` set: the whole library
-    dest: str | None = None  # a file moved from ``relpath`` to ``dest``
+    dest: str | None = None  # moved from ``relpath`` to ``dest`` (a file, or a whole folder)
     folder: bool = False
 
 
@@ -100,6 +100,7 @@ class Watcher:
         rescan_every_s: float = RESCAN_EVERY_S,
     ) -> None:
         self.root = root
+        self._root_prefix = str(root).rstrip(os.sep) + os.sep  # watchdog's paths all start so
         self._sink = sink
         self._mode = mode
         self._ignore = ignore  # top-level names that are lanpair's own (staging, trash)
@@ -111,6 +112,8 @@ class Watcher:
         self._ready: dict[Change, None] = {}  # ordered, and a change twice is once
         self._wake = asyncio.Event()
         self._observer: BaseObserver | None = None
+        self._forwarder: _Forwarder | None = None
+        self._folder_watches: dict[str, ObservedWatch] = {}  # top-level folder -> its watch
         self._tasks: list[asyncio.Task[None]] = []
         self._overflow = _OverflowAlarm(self._overflowed)
         self.polling = False
@@ -133,17 +136,18 @@ class Watcher:
             self._tasks.append(_spawn(self._rescan_periodically(), "library-rescan"))
         else:
             observer = Observer()
-            observer.schedule(
-                _Forwarder(loop, self._seen, str(self.root)),
-                str(self.root),
-                recursive=True,
-                event_filter=_EVENT_TYPES,
-            )
+            self._forwarder = _Forwarder(loop, self._seen)
+            # The root alone, for its folders; each folder with all inside it. lanpair's own
+            # folder (uploads being written: most events, during an upload) is never watched.
+            observer.schedule(self._forwarder, str(self.root), event_filter=_EVENT_TYPES)
+            folders = await asyncio.to_thread(self._top_folders)
+            for name in folders:
+                await asyncio.to_thread(self._watch_folder, observer, name)
             logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow)
             self._overflow.loop = loop
             await asyncio.to_thread(observer.start)
             self._observer = observer
-            log.info("watching %s for files added by hand", self.root)
+            log.info("watching %s (%d folders) for files added by hand", self.root, len(folders))
         self._tasks.append(_spawn(self._deliver(), "library-watch"))
         return self
 
@@ -173,8 +177,13 @@ class Watcher:
         elif src is None:
             return
         elif isinstance(event, DirCreatedEvent):
-            return  # its files each get their own event
+            if "/" not in src:  # a new folder of the library: watch it, then look inside
+                self._follow_folder(None, src)
+                self._queue(Change(src, folder=True))
+            # deeper: its files each get their own event
         elif isinstance(event, DirDeletedEvent):
+            if "/" not in src:
+                self._follow_folder(src, None)
             self._forget(src)
             self._queue(Change(src, folder=True))
         elif isinstance(event, FileDeletedEvent):
@@ -196,10 +205,15 @@ class Watcher:
 
     def _moved(self, src: str | None, dest: str | None, *, folder: bool) -> None:
         if folder:
-            if src is not None and dest is not None:
-                return  # each file inside gets its own move event
+            top_level = all(p is None or "/" not in p for p in (src, dest))
+            if top_level:
+                self._follow_folder(src, dest)
+            elif src is not None and dest is not None:
+                return  # inside one watched folder: each file gets its own move event
             gone_or_new = src if dest is None else dest
-            if gone_or_new is not None:
+            if src is not None and dest is not None:
+                self._queue(Change(src, dest=dest, folder=True))
+            elif gone_or_new is not None:
                 self._forget(gone_or_new)
                 self._queue(Change(gone_or_new, folder=True))
             return
@@ -214,6 +228,46 @@ class Watcher:
         else:
             self._forget(dest)
             self._queue(Change(src, dest=dest))
+
+    def _follow_folder(self, gone: str | None, new: str | None) -> None:
+        """Stop watching a top-level folder that went; start on one that came (loop)."""
+        observer = self._observer
+        if observer is None:
+            return
+        if gone is not None:
+            watch = self._folder_watches.pop(gone, None)
+            if watch is not None:
+                with contextlib.suppress(KeyError):
+                    observer.unschedule(watch)
+        if new is not None:
+            # Adding the watches walks the folder: in a thread. Whatever lands in it before
+            # they exist is found by the folder's scan, queued after this.
+            self._tasks.append(
+                _spawn(asyncio.to_thread(self._watch_folder, observer, new), "watch-folder")
+            )
+
+    def _top_folders(self) -> list[str]:
+        """Return the library's top-level folders (not lanpair's, not symlinks). Blocking."""
+        with os.scandir(self.root) as entries:
+            return [
+                e.name
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and e.name not in self._ignore
+            ]
+
+    def _watch_folder(self, observer: BaseObserver, name: str) -> None:
+        """Watch a top-level folder and everything inside it. Blocking."""
+        if self._forwarder is None or name in self._ignore or name in self._folder_watches:
+            return
+        path = self.root / name
+        if path.is_symlink() or not path.is_dir():
+            return
+        try:
+            self._folder_watches[name] = observer.schedule(
+                self._forwarder, str(path), recursive=True, event_filter=_EVENT_TYPES
+            )
+        except OSError as exc:  # gone again, or out of inotify watches
+            log.warning("cannot watch %s: %s", path, exc.strerror)
 
     def _later(self, relpath: str, delay_s: float) -> None:
         """(Re)start the quiet period after which ``relpath`` is looked at."""
@@ -245,9 +299,9 @@ class Watcher:
     def _relpath(self, path: str | bytes) -> str | None:
         """Return a path relative to the root, or None for lanpair's own or outside paths."""
         text = os.fsdecode(path)
-        relpath = os.path.relpath(text, self.root)
-        if relpath.startswith("..") or relpath == ".":
+        if not text.startswith(self._root_prefix):
             return None
+        relpath = text[len(self._root_prefix) :]
         first = relpath.split(os.sep, 1)[0]
         if first in self._ignore:
             return None
@@ -279,14 +333,10 @@ class _Forwarder(FileSystemEventHandler):
     """On the observer's thread: pass each event to the loop, nothing else."""
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        seen: Callable[[FileSystemEvent], None],
-        root: str,
+        self, loop: asyncio.AbstractEventLoop, seen: Callable[[FileSystemEvent], None]
     ) -> None:
         self._loop = loop
         self._seen = seen
-        self._root = root
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         """Forward ``event`` to the loop."""

@@ -57,11 +57,14 @@ def kinds(events: list[Event]) -> list[str]:
 
 
 @pytest.fixture
-async def watched(daemon: Daemon) -> AsyncIterator[tuple[Daemon, Path, Subscription]]:
-    """Yield a daemon whose library is watched, its camera folder, and a subscription."""
+async def watched(
+    make_daemon: StartDaemon, tmp_path: Path
+) -> AsyncIterator[tuple[Daemon, Path, Subscription]]:
+    """Yield a daemon whose library (with a camera folder) is watched, and a subscription."""
+    folder = tmp_path / "library" / FOLDER
+    folder.mkdir(parents=True)
+    daemon = await make_daemon(library_root=folder.parent)
     await asyncio.wait_for(daemon.library._scanned.wait(), 10)
-    folder = daemon.library.paths.root / FOLDER
-    folder.mkdir()
     subscription = daemon.library.hub.subscribe()
     yield daemon, folder, subscription
     daemon.library.hub.unsubscribe(subscription)
@@ -314,3 +317,28 @@ async def test_a_file_still_open_for_writing_waits_for_its_writers_close(
         file.write(b" and the rest")
     [event] = await collect(subscription)
     assert (event.type, event.data["item"]["size"]) == ("file.added", len(b"half and the rest"))
+
+
+async def test_a_top_level_folder_renamed_or_made_later_is_followed(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    """Folders of the library are watched one by one: a renamed one keeps its files' ids,
+    and a folder made after the start is watched too."""
+    _daemon, folder, subscription = watched
+    (folder / "one.jpg").write_bytes(jpeg(40))
+    [added] = await collect(subscription)
+    folder.rename(folder.with_name("Camera roll"))
+    [moved] = await collect(subscription)
+    assert (moved.type, moved.data["id"]) == ("file.moved", added.data["item"]["id"])
+    assert moved.data["item"]["folder"] == "Camera roll"
+    (folder.with_name("Camera roll") / "two.jpg").write_bytes(jpeg(41))
+    [later] = await collect(subscription)
+    assert (later.type, later.data["item"]["name"]) == ("file.added", "two.jpg")
+    fresh = folder.with_name("New")
+    fresh.mkdir()
+    (fresh / "three.jpg").write_bytes(jpeg(42))
+    [third] = await collect(subscription)
+    assert (third.type, third.data["item"]["folder"]) == ("file.added", "New")
+    (fresh / "four.jpg").write_bytes(jpeg(43))
+    [fourth] = await collect(subscription)
+    assert fourth.data["item"]["name"] == "four.jpg"
