@@ -7,8 +7,12 @@
      ├── DaemonNotRunning             a command needs the daemon and none answers
      ├── RemoteError                  the daemon answered a client with an error
      ├── PinMismatch                  the server's key is not the pinned one
+     ├── Unreachable                  a client cannot reach a PC (not running, another network)
+     ├── UnknownPC                    no paired PC by that name (or none at all)
+     ├── TransferIncomplete           a push or pull left files for the next run
      ├── BadRequest                   a request is malformed
-     │    └── BodyTooLarge            a request body is over its limit
+     │    ├── BodyTooLarge            a request body is over its limit
+     │    └── BadPairingLink          a `lanpair pair` argument is not a pairing QR's link
      ├── NotPaired                    no valid device token (missing, unknown, expired, revoked)
      ├── NotOwner                     an owner-only action from somewhere else
      ├── InsufficientStorage          the library's disk is (nearly) full
@@ -18,8 +22,11 @@
      ├── NotFound                     no such thing
      └── PairingError                 a pairing code cannot be used
           ├── UnknownCode             the code was never issued
+          │    └── UnknownHandoff     a hand-off link's token was never issued
           ├── CodeExpired             the code is past its lifetime
+          │    └── HandoffExpired     a hand-off link is past its two minutes
           ├── CodeUsed                the code was already used
+          │    └── HandoffUsed        a hand-off link was already followed
           └── TooManyAttempts         too many failed confirms from one address
 
 These know nothing of HTTP: ``server/middleware.py`` maps them to statuses and
@@ -95,6 +102,25 @@ class PinMismatch(LanpairError):
     code = "pin_mismatch"
 
 
+class Unreachable(LanpairError):
+    """The PC cannot be reached: is its lanpair daemon running, and is this device on its
+    network?"""
+
+    code = "unreachable"
+
+
+class UnknownPC(LanpairError):
+    """No paired PC goes by that name; `lanpair status` lists the paired ones."""
+
+    code = "unknown_pc"
+
+
+class TransferIncomplete(LanpairError):
+    """Some files did not make it; run the same command again to continue where it stopped."""
+
+    code = "incomplete"
+
+
 class BadRequest(LanpairError):
     """The request is malformed."""
 
@@ -105,6 +131,13 @@ class BodyTooLarge(BadRequest):
     """The request body is larger than this endpoint accepts."""
 
     code = "too_large"
+
+
+class BadPairingLink(BadRequest):
+    """That is not a lanpair pairing link: give the QR code's whole text
+    (https://…/pair-confirm#t=…), or a PC's name with --code."""
+
+    code = "bad_pairing_link"
 
 
 class UnsupportedMediaType(BadRequest):
@@ -183,6 +216,25 @@ class CodeUsed(PairingError):
     """This pairing code was already used; ask the PC for a new QR code."""
 
     code = "code_used"
+
+
+class UnknownHandoff(UnknownCode):
+    """This link is not valid here; open lanpair at the address you paired on."""
+
+    code = "invalid_handoff"
+
+
+class HandoffExpired(CodeExpired):
+    """This link has expired (it works for two minutes); open it again from the address you
+    paired on."""
+
+    code = "handoff_expired"
+
+
+class HandoffUsed(CodeUsed):
+    """This link was already used once; open it again from the address you paired on."""
+
+    code = "handoff_used"
 
 
 class TooManyAttempts(PairingError):

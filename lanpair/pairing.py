@@ -2,6 +2,16 @@
 
 Tokens are 24 random bytes in URL-safe base64. Only their SHA-256 is stored; a token
 exists in clear only in the response that hands it out.
+
+Hand-offs. A phone pairs on the PC's IP, but the address worth bookmarking is
+``<host>.local``, and a cookie belongs to one host. So a paired device may ask for a
+hand-off: a one-time token, living two minutes, that the page on the other host spends
+(by POST, once, rate-limited like confirm) to get a token of its own for that host. The
+device keeps one pairing: the new token is one more row of ``device_tokens`` pointing at
+the same ``devices`` row, so status, expiry, revocation and replacement by a re-pair are
+the device's and hold for every token it has; none outlives it or lasts longer. Handing
+over the original token instead would need it in clear (only its hash is kept), and
+would put a month-long credential in a link; a fresh one travels only in Set-Cookie.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import logging
 import re
 import secrets
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from lanpair.clock import Clock, to_iso
@@ -21,16 +32,20 @@ from lanpair.errors import (
     BadRequest,
     CodeExpired,
     CodeUsed,
+    HandoffExpired,
+    HandoffUsed,
     NotFound,
     NotOwner,
     NotPaired,
     TooManyAttempts,
     UnknownCode,
+    UnknownHandoff,
 )
 from lanpair.events import EventHub, Presence
 from lanpair.models import Caller, Confirmation, Device, DeviceStatus, PendingPairing
 from lanpair.names import clean_text
 from lanpair.store import ConfirmOutcome, Store
+from lanpair.store.database import HandoffOutcome
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +57,17 @@ MAX_CLIENT_ID_CHARS = 128
 SEEN_EVERY = timedelta(seconds=60)
 KNOWN_FOR = timedelta(seconds=5)
 MAX_KNOWN = 10_000
+HANDOFF_TTL_S = 120.0
+MAX_HOST_CHARS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A fresh one-time hand-off of a device's pairing; the token exists in memory only."""
+
+    token: str
+    device_id: str
+    expires_at: datetime
 
 
 def new_token() -> str:
@@ -166,6 +192,7 @@ class Pairing:
         limiter: AttemptLimiter | None = None,
         hub: EventHub | None = None,
         online_after_request_s: float = 60.0,
+        handoff_ttl_s: float = HANDOFF_TTL_S,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -173,6 +200,7 @@ class Pairing:
         self.presence = Presence(self._hub, recent_s=online_after_request_s)
         self._pending_ttl = timedelta(seconds=pending_ttl_s)
         self._pairing_ttl = timedelta(seconds=pairing_ttl_s)
+        self._handoff_ttl = timedelta(seconds=handoff_ttl_s)
         self._limiter = limiter or AttemptLimiter(clock)
         self._auth_failures = AttemptLimiter(clock, limit=1, window_s=60)
         self._seen: dict[str, datetime] = {}
@@ -247,6 +275,54 @@ class Pairing:
             self._hub.close(old)
         for old in replaced:
             log.info("pairing %s replaced by the same client's new pairing", old)
+        return Confirmation(device=device, device_token=device_token)
+
+    async def hand_off(self, caller: Caller, device_id: str | None, client_addr: str) -> Handoff:
+        """Issue a one-time hand-off of the calling device's pairing to another host name.
+
+        It replaces the device's unspent ones. Raises BadRequest (the owner has no pairing
+        to hand over), NotOwner (``device_id`` names another device).
+        """
+        device = caller.device
+        if device is None:
+            raise BadRequest("Only a paired device has a pairing to hand over.")
+        if device_id is not None and device_id != device.device_id:
+            raise NotOwner("A device may hand over only its own pairing.")
+        now = self._clock.now()
+        token = new_token()
+        expires = now + self._handoff_ttl
+        await self._store.add_handoff(
+            hash_token(token), device.device_id, now, expires, client_addr
+        )
+        log.info("issued a hand-off for %s, valid until %s", device.device_id, to_iso(expires))
+        return Handoff(token=token, device_id=device.device_id, expires_at=expires)
+
+    async def redeem_handoff(self, token: str, host: str, client_addr: str) -> Confirmation:
+        """Spend a hand-off: give its device one more token, for the host name ``host``.
+
+        Raises TooManyAttempts, UnknownHandoff, HandoffExpired, HandoffUsed or NotPaired.
+        """
+        device_token = new_token()
+        # Check and count before the first await, so parallel guesses cannot pass the limit.
+        self._limiter.check(client_addr)
+        self._limiter.record(client_addr)
+        outcome, device = await self._store.redeem_handoff(
+            hash_token(token) if TOKEN_RE.fullmatch(token) else None,
+            self._clock.now(),
+            hash_token(device_token),
+            host.lower()[:MAX_HOST_CHARS],
+            client_addr,
+        )
+        self._forget_tokens()  # the device's earlier token for this host is gone
+        if outcome is not HandoffOutcome.REDEEMED or device is None:
+            raise {
+                HandoffOutcome.UNKNOWN: UnknownHandoff,
+                HandoffOutcome.EXPIRED: HandoffExpired,
+                HandoffOutcome.USED: HandoffUsed,
+                HandoffOutcome.NOT_PAIRED: NotPaired,
+            }.get(outcome, NotPaired)()
+        self._limiter.forgive(client_addr)
+        log.info("handed %s over to %s from %s", device.device_id, host, client_addr)
         return Confirmation(device=device, device_token=device_token)
 
     async def authenticate(self, token: str, client_addr: str) -> Device:

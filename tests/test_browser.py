@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import Daemon
+from conftest import Daemon, StartDaemon
 from support import skip_or_fail
 from test_api import bearer, confirm, pair, status_of
 from test_library import jpeg, upload
 
-from lanpair.server.keys import HUB_KEY
+from lanpair.server.keys import HUB_KEY, SERVICES_KEY
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -24,6 +24,7 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--host-resolver-rules=MAP testhost.local 127.0.0.1",  # the test daemon's .local name
 ]
 
 
@@ -67,6 +68,19 @@ async def open_live(
     await page.goto(url)
     await page.wait_for_selector(".live-on")
     return page, sockets
+
+
+async def pair_in_browser(browser: Any, daemon: Daemon, errors: list[str]) -> Any:
+    """Show a code on the PC's pairing page, open its URL as a phone and pair; return the phone."""
+    code_page = await open_page(browser, errors)
+    await code_page.goto(f"{daemon.url}/pairing")
+    await code_page.wait_for_selector("#code-body:not([hidden])")
+    phone = await open_page(browser, errors)
+    await phone.goto(await code_page.text_content("#url") or "")
+    await phone.wait_for_selector("#pair-form:not([hidden])")
+    await phone.click("#pair")
+    await phone.wait_for_selector("#done:not([hidden])")
+    return phone
 
 
 async def test_phone_pairs_from_the_qr_url_and_the_pc_lists_it(
@@ -149,14 +163,7 @@ async def test_a_phone_sends_photos_from_the_explorer_and_the_pc_sees_them_live(
     await pc.wait_for_selector("#app:not([hidden])")
     await pc.wait_for_selector(".live-on")
 
-    code_page = await open_page(browser, errors)
-    await code_page.goto(f"{daemon.url}/pairing")
-    await code_page.wait_for_selector("#code-body:not([hidden])")
-    phone = await open_page(browser, errors)
-    await phone.goto(await code_page.text_content("#url") or "")
-    await phone.wait_for_selector("#pair-form:not([hidden])")
-    await phone.click("#pair")
-    await phone.wait_for_selector("#done:not([hidden])")
+    phone = await pair_in_browser(browser, daemon, errors)
     await phone.click("#open-gallery")
     await phone.wait_for_selector("#app:not([hidden])")
 
@@ -325,3 +332,63 @@ async def test_the_explorer_catches_up_after_its_socket_drops(daemon: Daemon, br
     assert "since" not in sockets[2]
     assert await page.locator(".tile").count() == 3
     assert errors == []
+
+
+async def test_the_phone_follows_the_bookmark_offer_to_the_local_name_and_stays_paired(
+    daemon: Daemon, browser: Any
+) -> None:
+    """Paired on the IP, the phone is offered <host>.local; the link pairs it there too, the
+    hand-off leaves the address bar, the gallery opens, and the IP origin stays paired."""
+    local = f"https://testhost.local:{daemon.port}"
+    errors: list[str] = []
+    phone = await pair_in_browser(browser, daemon, errors)
+    await phone.wait_for_selector("#bookmark:not([hidden])")
+    link = phone.locator("#bookmark-link")
+    assert await link.text_content() == f"{local}/explorer"
+    assert (await link.get_attribute("href") or "").startswith(f"{local}/pair-confirm#handoff=")
+
+    await link.click()
+    await phone.wait_for_url(f"{local}/explorer")
+    await phone.wait_for_selector("#app:not([hidden])")
+    me = await phone.evaluate("fetch('/api/me').then(r => r.json())")
+    assert me["owner"] is False  # the cookie speaks, not the loopback address
+    assert "#" not in phone.url
+    assert await phone.is_hidden("#bookmark-offer")  # on the .local name: nothing to offer
+    cookies = {c["domain"]: c for c in await phone.context.cookies()}
+    assert set(cookies) == {"127.0.0.1", "testhost.local"}
+    assert cookies["testhost.local"]["value"] != cookies["127.0.0.1"]["value"]
+    assert cookies["testhost.local"]["httpOnly"]
+
+    await phone.goto(f"{daemon.url}/explorer")  # the IP origin still works
+    await phone.wait_for_selector("#app:not([hidden])")
+    assert me == await phone.evaluate("fetch('/api/me').then(r => r.json())")
+    assert await phone.is_visible("#bookmark-offer")
+    await phone.click("#bookmark-offer a")  # the offer again, from the gallery
+    await phone.wait_for_selector("#bookmark:not([hidden])")
+    await phone.click("#bookmark-link")
+    await phone.wait_for_url(f"{local}/explorer")
+    await phone.wait_for_selector("#app:not([hidden])")
+    assert errors == []
+
+
+async def test_a_spent_handoff_link_on_an_unpaired_browser_says_why(
+    make_daemon: StartDaemon, browser: Any
+) -> None:
+    """A hand-off link opened again in another (unpaired, not the PC's) browser says why."""
+    daemon = await make_daemon(owner_addresses=frozenset())  # no browser here is the owner
+    code = await daemon.app[SERVICES_KEY].pairing.generate()
+    async with daemon.session() as phone:
+        assert (await confirm(phone, code.token)).status == 200
+        async with phone.post("/api/pairing/handoff", json={}) as response:
+            url = (await response.json())["url"]
+    first = await open_page(browser, [])
+    await first.goto(url)
+    await first.wait_for_url("**/explorer")
+    await first.wait_for_selector("#app:not([hidden])")
+    errors: list[str] = []
+    second = await open_page(browser, errors)
+    await second.goto(url)
+    await second.wait_for_selector("#error:not([hidden])")
+    assert "already used" in (await second.text_content("#error") or "")
+    assert "#" not in second.url
+    assert await second.is_hidden("#handing-over")

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,14 @@ from lanpair.errors import (
     BadRequest,
     CodeExpired,
     CodeUsed,
+    HandoffExpired,
+    HandoffUsed,
     NotFound,
     NotOwner,
     NotPaired,
     TooManyAttempts,
     UnknownCode,
+    UnknownHandoff,
 )
 from lanpair.models import OWNER, Caller, Confirmation, DeviceStatus
 from lanpair.store import Store
@@ -468,3 +472,89 @@ async def test_auth_failures_are_audited_once_a_minute_per_address(world: World)
     assert len(failed) == 2
     assert all(row["client_addr"] == "192.168.1.77" for row in failed)
     assert failed[0]["detail"] == "unknown token"
+
+
+async def test_a_handoff_gives_the_device_a_second_token(world: World) -> None:
+    """Redeemed once, a hand-off adds a token of the same device; both authenticate."""
+    first = await pair(world)
+    device = first.device
+    handoff = await world.pairing.hand_off(Caller(device=device), None, PHONE)
+    assert decodes_to_24_bytes(handoff.token)
+    assert handoff.expires_at == world.clock.now() + timedelta(seconds=pairing.HANDOFF_TTL_S)
+    second = await world.pairing.redeem_handoff(handoff.token, "Host.local:8443", PHONE)
+    assert second.device.device_id == device.device_id
+    assert decodes_to_24_bytes(second.device_token)
+    assert second.device_token not in {first.device_token, handoff.token}
+    for token in (first.device_token, second.device_token):
+        authenticated = await world.pairing.authenticate(token, PHONE)
+        assert authenticated.device_id == device.device_id
+    with pytest.raises(HandoffUsed):
+        await world.pairing.redeem_handoff(handoff.token, "host.local:8443", PHONE)
+    assert [d.device_id for d in await world.pairing.devices()] == [device.device_id]
+
+
+async def test_handoff_refusals(world: World) -> None:
+    """Unknown, malformed and expired hand-offs, and minting for another device, are refused."""
+    device = (await pair(world)).device
+    other = (await pair(world, "Other", "client-2")).device
+    with pytest.raises(NotOwner):
+        await world.pairing.hand_off(Caller(device=device), other.device_id, PHONE)
+    with pytest.raises(BadRequest):
+        await world.pairing.hand_off(OWNER, None, "127.0.0.1")
+    for token in ["", "x" * 32, pairing.new_token()]:
+        with pytest.raises(UnknownHandoff):
+            await world.pairing.redeem_handoff(token, "host.local", PHONE)
+    handoff = await world.pairing.hand_off(Caller(device=device), device.device_id, PHONE)
+    world.clock.advance(pairing.HANDOFF_TTL_S)
+    with pytest.raises(HandoffExpired):
+        await world.pairing.redeem_handoff(handoff.token, "host.local", PHONE)
+
+
+async def test_a_revoked_devices_handoff_buys_nothing(world: World) -> None:
+    """A link minted before its device was revoked is refused as not paired."""
+    device = (await pair(world)).device
+    handoff = await world.pairing.hand_off(Caller(device=device), None, PHONE)
+    await world.pairing.revoke(device.device_id, OWNER, "127.0.0.1")
+    with pytest.raises(NotPaired):
+        await world.pairing.redeem_handoff(handoff.token, "host.local", PHONE)
+
+
+async def test_handoff_tokens_are_stored_only_as_hashes_and_audited(world: World) -> None:
+    """The link's token and the token it buys are kept as hashes; each step leaves an audit row."""
+    confirmation = await pair(world)
+    device_id = confirmation.device.device_id
+    handoff = await world.pairing.hand_off(Caller(device=confirmation.device), None, PHONE)
+    bought = await world.pairing.redeem_handoff(handoff.token, "host.local:1", "192.168.1.51")
+    with pytest.raises(HandoffUsed):
+        await world.pairing.redeem_handoff(handoff.token, "host.local:1", "192.168.1.52")
+
+    with closing(sqlite3.connect(world.db)) as conn:
+        stored = {row[0] for row in conn.execute("SELECT token_hash FROM handoffs")}
+        held = list(conn.execute("SELECT token_hash, device_id, host FROM device_tokens"))
+        cells = [
+            cell
+            for table in ("handoffs", "device_tokens", "audit")
+            for row in conn.execute(f'SELECT * FROM "{table}"')  # noqa: S608 - fixed names
+            for cell in row
+        ]
+    assert stored == {pairing.hash_token(handoff.token)}
+    assert held == [(pairing.hash_token(bought.device_token), device_id, "host.local:1")]
+    for secret in (handoff.token, bought.device_token):
+        for cell in cells:
+            assert secret.encode() not in (cell if isinstance(cell, bytes) else str(cell).encode())
+
+    rows = [row for row in await audit_rows(world) if str(row["action"]).startswith("handoff")]
+    assert [(r["action"], r["device_id"], r["client_addr"], r["detail"]) for r in rows] == [
+        ("handoff", device_id, PHONE, None),
+        ("handoff_redeem", device_id, "192.168.1.51", "host.local:1"),
+        ("handoff_failed", device_id, "192.168.1.52", "used"),
+    ]
+
+
+async def test_failed_redeems_share_the_confirm_limit(world: World) -> None:
+    """Bad hand-offs count against the same per-address budget as bad pairing codes."""
+    await fail_confirms(world, "192.168.1.90", 9)
+    with pytest.raises(UnknownHandoff):
+        await world.pairing.redeem_handoff("E" * 32, "host.local", "192.168.1.90")
+    with pytest.raises(TooManyAttempts):
+        await world.pairing.redeem_handoff("E" * 32, "host.local", "192.168.1.90")

@@ -133,3 +133,23 @@ async def test_meta_is_stable_across_reopen(tmp_path: Path) -> None:
         assert await first.meta("instance_id", lambda: "ignored") == "first-value"
     async with Store(db) as second:
         assert await second.meta("instance_id", lambda: "second-value") == "first-value"
+
+
+async def test_a_schema_2_database_upgrades_and_keeps_its_pairings(tmp_path: Path) -> None:
+    """Opening a database made before hand-offs adds their tables; old device tokens still work."""
+    db = tmp_path / "db"
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        for number, script in enumerate(store.MIGRATIONS[:2], start=1):
+            conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        conn.execute(
+            """INSERT INTO devices (device_id, client_device_id, device_name, token_hash, status,
+               confirmed_at, expires_at) VALUES ('dev_old', 'c', 'Old', x'01', 'confirmed',
+               '2026-01-01T00:00:00Z', '2026-02-01T00:00:00Z')"""
+        )
+    async with Store(db) as opened:
+        found = await opened.device_by_token(b"\x01")
+        assert found is not None
+        assert found[0].device_id == "dev_old"
+        assert await opened.read(lambda c: count(c, "device_tokens")) == 0
+        assert await opened.read(lambda c: count(c, "handoffs")) == 0
+    assert pragma(db, "user_version") == len(store.MIGRATIONS)

@@ -302,6 +302,12 @@ function showWho(me) {
   document.title = `lanpair · ${name}`;
 }
 
+/** On the PC's IP, point a paired device at its .local address (pair-confirm hands it over). */
+function offerBookmark(me) {
+  const onIp = /^[\d.]+$|^\[/.test(location.hostname);
+  $('bookmark-offer').hidden = me.owner || !onIp;
+}
+
 function bindEvents() {
   const input = $('files');
   input.addEventListener('change', () => {
@@ -337,6 +343,7 @@ async function init() {
     return;
   }
   showWho(me);
+  offerBookmark(me);
   bindEvents();
   $('app').hidden = false;
   gallery.loading = true;

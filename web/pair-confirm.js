@@ -7,7 +7,14 @@ const DEVICE_ID_KEY = 'lanpair.client_device_id';
 function readFragment() {
   const params = new URLSearchParams(location.hash.slice(1));
   if (location.hash) history.replaceState(null, '', location.pathname);
-  return { token: params.get('t'), host: params.get('h'), fingerprint: params.get('fp'), pcId: params.get('id') };
+  return {
+    token: params.get('t'),
+    host: params.get('h'),
+    fingerprint: params.get('fp'),
+    pcId: params.get('id'),
+    handoff: params.get('handoff'),
+    bookmark: params.has('bookmark'),
+  };
 }
 
 function randomId() {
@@ -64,7 +71,73 @@ function explain(error) {
   return error.message;
 }
 
-async function confirmPairing(token, pcName) {
+/* ---------- The .local address: a one-time hand-off carries the pairing over ---------- */
+
+const handoff = { url: null, freshUntil: 0 };
+
+async function mintHandoff() {
+  const result = await api('/api/pairing/handoff', { method: 'POST', body: {} });
+  // Its lifetime is counted on this device's clock: the phone's and the PC's need not agree.
+  Object.assign(handoff, { url: result.url, freshUntil: Date.now() + (result.expires_in_s - 10) * 1000 });
+  return result;
+}
+
+async function offerBookmark(info) {
+  if (!info.hostname || location.hostname === info.hostname) return false;
+  let offer;
+  try {
+    offer = await mintHandoff();
+  } catch {
+    return false; // without the offer this device simply stays paired on this address
+  }
+  const link = $('bookmark-link');
+  link.textContent = offer.address;
+  link.href = offer.url;
+  link.addEventListener('click', async (event) => {
+    if (Date.now() < handoff.freshUntil) {
+      handoff.freshUntil = 0; // followed once: a second tap mints a fresh one
+      return;
+    }
+    event.preventDefault();
+    try {
+      await mintHandoff();
+      handoff.freshUntil = 0;
+      link.href = handoff.url;
+      location.assign(handoff.url);
+    } catch (error) {
+      showError(banner, error);
+    }
+  });
+  $('bookmark').hidden = false;
+  return true;
+}
+
+async function redeemHandoff(token) {
+  $('handing-over').hidden = false;
+  try {
+    await api('/api/pairing/handoff/redeem', { method: 'POST', body: { handoff_token: token } });
+  } catch (error) {
+    // A link followed twice (back, reload) finds this address already paired: carry on.
+    const paired = await api('/api/me').then(() => true, () => false);
+    if (!paired) {
+      $('handing-over').hidden = true;
+      showError(banner, { message: error.status === 429 ? explain(error) : error.message });
+      return;
+    }
+  }
+  location.replace('/explorer');
+}
+
+/** Reached from the explorer: offer the .local address to an already paired device. */
+async function offerToPairedDevice(info) {
+  const paired = await api('/api/me').then((me) => !me.owner, () => false);
+  if (!paired || !(await offerBookmark(info))) location.replace('/explorer');
+  else $('bookmark-back').hidden = false;
+}
+
+/* ---------- Pairing ---------- */
+
+async function confirmPairing(token, pcName, info) {
   const button = $('pair');
   const input = $('device-name');
   button.disabled = true;
@@ -79,6 +152,7 @@ async function confirmPairing(token, pcName) {
     $('done-message').textContent =
       `Paired ✓ — ${result.device_name} can now send photos to ${pcName}. Pairing valid until ${formatDate(result.expires_at)}.`;
     $('done').hidden = false;
+    offerBookmark(info);
   } catch (error) {
     showError(banner, { message: explain(error) });
     button.disabled = false;
@@ -86,7 +160,7 @@ async function confirmPairing(token, pcName) {
   }
 }
 
-function showForm(token, pcName) {
+function showForm(token, pcName, info) {
   const form = $('pair-form');
   const input = $('device-name');
   $('pair-title').textContent = `Pair this device with ${pcName}`;
@@ -94,14 +168,18 @@ function showForm(token, pcName) {
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     input.value = input.value.trim();
-    if (form.reportValidity()) confirmPairing(token, pcName);
+    if (form.reportValidity()) confirmPairing(token, pcName, info);
   });
   form.hidden = false;
 }
 
 async function init() {
   const fragment = readFragment();
-  if (!fragment.token) {
+  if (fragment.handoff) {
+    await redeemHandoff(fragment.handoff);
+    return;
+  }
+  if (!fragment.token && !fragment.bookmark) {
     $('no-token').hidden = false;
     return;
   }
@@ -112,11 +190,15 @@ async function init() {
     showError(banner, error);
     return;
   }
+  if (fragment.bookmark) {
+    await offerToPairedDevice(info);
+    return;
+  }
   if (isOtherPc(info, fragment)) {
     $('mismatch').hidden = false;
     return;
   }
-  showForm(fragment.token, info.name || fragment.host || 'this PC');
+  showForm(fragment.token, info.name || fragment.host || 'this PC', info);
 }
 
 init();

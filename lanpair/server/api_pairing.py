@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from aiohttp import web
 
 from lanpair.clock import to_iso
@@ -74,6 +76,51 @@ async def confirm(request: web.Request) -> web.Response:
         }
     )
     set_device_cookie(response, request, confirmation.device_token, services.pairing.pairing_ttl_s)
+    return response
+
+
+@routes.post("/api/pairing/handoff")
+@access(Access.DEVICE)
+async def hand_off(request: web.Request) -> web.Response:
+    """Issue a two-minute, one-time link that pairs this device on the PC's .local name too."""
+    services = request.app[SERVICES_KEY]
+    data = await read_json(request) if request.can_read_body else {}
+    device_id = field(data, "device_id", str) if "device_id" in data else None
+    handoff = await services.pairing.hand_off(caller(request), device_id, client_address(request))
+    site = services.site
+    page = site.url("/pair-confirm", host=site.local_name)
+    return json_response(
+        {
+            "device_id": handoff.device_id,
+            "handoff_token": handoff.token,
+            "url": page + "#" + urlencode({"handoff": handoff.token}),
+            "address": site.url("/explorer", host=site.local_name),
+            "expires_at": to_iso(handoff.expires_at),
+            "expires_in_s": round((handoff.expires_at - services.clock.now()).total_seconds()),
+        }
+    )
+
+
+@routes.post("/api/pairing/handoff/redeem")
+@access(Access.ANYONE)
+async def redeem_handoff(request: web.Request) -> web.Response:
+    """Spend a hand-off link's token: pair the browser on this host name as the same device."""
+    services = request.app[SERVICES_KEY]
+    services.pairing.check_attempts(client_address(request))
+    data = await read_json(request)
+    confirmation = await services.pairing.redeem_handoff(
+        field(data, "handoff_token", str), request.host, client_address(request)
+    )
+    device = confirmation.device
+    response = json_response(
+        {
+            "device_id": device.device_id,
+            "device_name": device.device_name,
+            "expires_at": to_iso(device.expires_at),
+        }
+    )
+    left = device.expires_at - services.clock.now()
+    set_device_cookie(response, request, confirmation.device_token, left.total_seconds())
     return response
 
 

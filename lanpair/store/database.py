@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PENDING_KEPT = timedelta(days=1)  # spent and expired codes stay this long, for the audit trail
+HANDED_OVER_KEPT = 8  # a device's tokens for other host names: the newest this many
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -105,6 +106,25 @@ MIGRATIONS: tuple[str, ...] = (
         deleted_by TEXT
     );
     """,
+    """
+    -- A device's tokens besides devices.token_hash, one per host name it was handed over to;
+    -- they live and die with the device row (its status and expires_at).
+    CREATE TABLE device_tokens (
+        token_hash BLOB PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices (device_id),
+        host TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX device_tokens_device ON device_tokens (device_id, host);
+    CREATE TABLE handoffs (
+        token_hash BLOB PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices (device_id),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        spent_at TEXT
+    );
+    CREATE INDEX handoffs_device ON handoffs (device_id, spent_at);
+    """,
 )
 
 
@@ -115,6 +135,16 @@ class ConfirmOutcome(StrEnum):
     UNKNOWN = "unknown"
     EXPIRED = "expired"
     USED = "used"
+
+
+class HandoffOutcome(StrEnum):
+    """What became of an attempt to spend a hand-off token."""
+
+    REDEEMED = "redeemed"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    USED = "used"
+    NOT_PAIRED = "not_paired"  # its device was revoked, replaced or expired meanwhile
 
 
 class Store:
@@ -275,13 +305,20 @@ class Store:
         return await self.write(confirm)
 
     async def device_by_token(self, token_hash: bytes) -> tuple[Device, bytes] | None:
-        """Return the device holding a token hash, with the stored hash."""
+        """Return the device holding a token hash (its first or a handed-over one) and the hash."""
 
         def find(conn: sqlite3.Connection) -> tuple[Device, bytes] | None:
             row = conn.execute(
                 "SELECT * FROM devices WHERE token_hash = ?", (token_hash,)
             ).fetchone()
-            return (_device(row), bytes(row["token_hash"])) if row else None
+            if row is not None:
+                return _device(row), bytes(row["token_hash"])
+            row = conn.execute(
+                """SELECT devices.*, device_tokens.token_hash AS held FROM device_tokens
+                   JOIN devices USING (device_id) WHERE device_tokens.token_hash = ?""",
+                (token_hash,),
+            ).fetchone()
+            return (_device(row), bytes(row["held"])) if row else None
 
         return await self.read(find)
 
@@ -319,6 +356,95 @@ class Store:
             return _device(row)
 
         return await self.write(revoke)
+
+    async def add_handoff(
+        self,
+        token_hash: bytes,
+        device_id: str,
+        created: datetime,
+        expires: datetime,
+        client_addr: str,
+    ) -> None:
+        """Store a device's new hand-off (its hash only) in place of its unspent ones, audited."""
+
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM handoffs WHERE (device_id = ? AND spent_at IS NULL) OR expires_at < ?",
+                (device_id, to_iso(created - PENDING_KEPT)),
+            )
+            conn.execute(
+                """INSERT INTO handoffs (token_hash, device_id, created_at, expires_at)
+                   VALUES (?, ?, ?, ?)""",
+                (token_hash, device_id, to_iso(created), to_iso(expires)),
+            )
+            _audit(conn, "handoff", created, device_id=device_id, client_addr=client_addr)
+
+        await self.write(add)
+
+    async def redeem_handoff(
+        self,
+        handoff_hash: bytes | None,
+        now: datetime,
+        token_hash: bytes,
+        host: str,
+        client_addr: str,
+    ) -> tuple[HandoffOutcome, Device | None]:
+        """Spend a hand-off and give its device ``token_hash`` for ``host``, audited, atomically.
+
+        The token replaces the one the device held for the same host before; of the tokens
+        for other hosts the newest HANDED_OVER_KEPT stay.
+        """
+
+        def redeem(conn: sqlite3.Connection) -> tuple[HandoffOutcome, Device | None]:
+            outcome, device = spend(conn)
+            _audit(
+                conn,
+                "handoff_redeem" if outcome is HandoffOutcome.REDEEMED else "handoff_failed",
+                now,
+                device_id=device.device_id if device else None,
+                client_addr=client_addr,
+                detail=host if outcome is HandoffOutcome.REDEEMED else outcome.value,
+            )
+            return outcome, device
+
+        def spend(conn: sqlite3.Connection) -> tuple[HandoffOutcome, Device | None]:
+            row = conn.execute(
+                "SELECT * FROM handoffs WHERE token_hash = ?", (handoff_hash,)
+            ).fetchone()
+            if row is None:
+                return HandoffOutcome.UNKNOWN, None
+            found = conn.execute(
+                "SELECT * FROM devices WHERE device_id = ?", (row["device_id"],)
+            ).fetchone()
+            device = _device(found) if found else None
+            expires = from_iso(row["expires_at"])
+            if row["spent_at"] is not None:
+                return HandoffOutcome.USED, device
+            if expires is None or now >= expires:
+                return HandoffOutcome.EXPIRED, device
+            conn.execute(
+                "UPDATE handoffs SET spent_at = ? WHERE token_hash = ?", (to_iso(now), handoff_hash)
+            )
+            if device is None or device.status_at(now) is not DeviceStatus.CONFIRMED:
+                return HandoffOutcome.NOT_PAIRED, device
+            conn.execute(
+                "DELETE FROM device_tokens WHERE device_id = ? AND host = ?",
+                (device.device_id, host),
+            )
+            conn.execute(
+                """INSERT INTO device_tokens (token_hash, device_id, host, created_at)
+                   VALUES (?, ?, ?, ?)""",
+                (token_hash, device.device_id, host, to_iso(now)),
+            )
+            conn.execute(
+                """DELETE FROM device_tokens WHERE device_id = ? AND token_hash NOT IN (
+                   SELECT token_hash FROM device_tokens WHERE device_id = ?
+                   ORDER BY created_at DESC, rowid DESC LIMIT ?)""",
+                (device.device_id, device.device_id, HANDED_OVER_KEPT),
+            )
+            return HandoffOutcome.REDEEMED, device
+
+        return await self.write(redeem)
 
     async def touch(self, device_id: str, now: datetime) -> None:
         """Record that a device was just seen."""
