@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from lanpair.clock import to_iso
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,12 @@ class Event:
     type: str
     time: datetime
     data: dict[str, Any]
+    text: str = ""  # as DESIGN.md's JSON {id, type, time, data}: written once, sent to all
+
+
+def encode(id_: int, type_: str, time: datetime | None, data: dict[str, Any]) -> str:
+    """Write an event (or a resync) as DESIGN.md's JSON: {id, type, time, data}."""
+    return json.dumps({"id": id_, "type": type_, "time": to_iso(time), "data": data})
 
 
 class Closed(Exception):
@@ -90,7 +99,8 @@ class EventHub:
 
     def publish(self, type_: str, data: dict[str, Any]) -> Event:
         """Send an event to every subscriber now. Loop-only; never blocks."""
-        event = Event(next(self._ids), type_, self._clock(), data)
+        event_id, now = next(self._ids), self._clock()
+        event = Event(event_id, type_, now, data, encode(event_id, type_, now, data))
         self.last_id = event.id
         self._ring.append(event)
         for subscription in list(self._subscriptions):
@@ -122,6 +132,10 @@ class EventHub:
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to a subscription."""
         self._subscriptions.discard(subscription)
+
+    def end(self, subscription: Subscription, code: int = CLOSE_GOING_AWAY) -> None:
+        """End one subscription (its client went away): its reader wakes with Closed."""
+        self._close(subscription, code)
 
     def close(self, key: str, code: int = CLOSE_NOT_PAIRED) -> int:
         """End every subscription of ``key`` (a revoked device); return how many."""

@@ -38,7 +38,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
 
-SETTLE_S = 0.05  # a file closed or moved in: wait this long for more news about it
+SETTLE_S = 0.01  # a file closed or moved in: wait this long for more news about it
 WRITE_IDLE_S = 60.0  # a writer that neither writes nor closes for this long: take the file
 RESCAN_EVERY_S = 30.0  # where file events never arrive
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"

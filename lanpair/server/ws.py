@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 from aiohttp import WSMsgType, hdrs, web
 
 from lanpair import errors
-from lanpair.clock import to_iso
-from lanpair.events import CLOSE_GOING_AWAY, Closed, Event, EventHub
+from lanpair.events import CLOSE_GOING_AWAY, Closed, EventHub, Subscription, encode
 from lanpair.server.keys import HUB_KEY, SERVICES_KEY, SOCKETS_KEY
 from lanpair.server.middleware import Access, access, caller
 
@@ -39,24 +37,22 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     presence = request.app[SERVICES_KEY].pairing.presence
     if who.device is not None:
         presence.connected(who.device.device_id, who.device.device_name)
-    reader = asyncio.create_task(_drain(socket), name="events-reader")
+    # The reader ends the subscription when the client goes: the sender needs no task,
+    # and no wait on two things, per event (a broadcast wakes each socket once).
+    reader = asyncio.create_task(_drain(socket, hub, subscription), name="events-reader")
     try:
         if subscription.resync:
-            await socket.send_str(_encode_resync(hub))
-        while not socket.closed:
-            getter = asyncio.ensure_future(subscription.next())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                break
+            await socket.send_str(encode(hub.last_id, "resync", None, {}))
+        while True:
             try:
-                event = getter.result()
+                event = await subscription.next()
             except Closed as closed:
-                await _stop(reader)  # close() reads the client's reply itself
-                await socket.close(code=closed.code, message=b"closed by lanpair")
+                if not reader.done():  # the hub ended it (revoked, too slow, stopping)
+                    await _stop(reader)  # close() reads the client's reply itself
+                    await socket.close(code=closed.code, message=b"closed by lanpair")
                 break
             for ready in (event, *subscription.ready()):
-                await socket.send_str(encode(ready))
+                await socket.send_str(ready.text)
     finally:
         hub.unsubscribe(subscription)
         await _stop(reader)
@@ -64,13 +60,6 @@ async def events(request: web.Request) -> web.WebSocketResponse:
         if who.device is not None:
             presence.disconnected(who.device.device_id)
     return socket
-
-
-def encode(event: Event) -> str:
-    """Write an event as DESIGN.md's JSON: {id, type, time, data}."""
-    return json.dumps(
-        {"id": event.id, "type": event.type, "time": to_iso(event.time), "data": event.data}
-    )
 
 
 async def close_all(app: web.Application) -> None:
@@ -81,21 +70,20 @@ async def close_all(app: web.Application) -> None:
         await socket.close(code=CLOSE_GOING_AWAY, message=b"lanpair is stopping")
 
 
-async def _drain(socket: web.WebSocketResponse) -> None:
-    """Read (and ignore) what the client sends, until it closes."""
-    async for message in socket:
-        if message.type is WSMsgType.ERROR:
-            break
+async def _drain(socket: web.WebSocketResponse, hub: EventHub, subscription: Subscription) -> None:
+    """Read (and ignore) what the client sends until it closes; then end its subscription."""
+    try:
+        async for message in socket:
+            if message.type is WSMsgType.ERROR:
+                break
+    finally:
+        hub.end(subscription)
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def _encode_resync(hub: EventHub) -> str:
-    return json.dumps({"id": hub.last_id, "type": "resync", "time": None, "data": {}})
 
 
 def _since(text: str | None) -> int | None:
