@@ -102,6 +102,7 @@ async def main(mib: int, use_tls: bool) -> None:
                         store=store,
                         pairing=pairing,
                         library=library,
+                        hub=library.hub,
                         clock=clock,
                         site=site,
                         owner_addresses=LocalAddressSet(),

@@ -52,7 +52,17 @@ class Ready:
 
 def run(settings: Settings, on_ready: Callable[[Ready], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly. Blocking."""
-    asyncio.run(serve(settings, on_ready=on_ready))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings, on_ready=on_ready))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return uvloop's event loop where it is installed: sockets and TLS in C, not Python."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def serve(
