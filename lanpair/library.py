@@ -12,15 +12,11 @@ import contextlib
 import errno
 import fcntl
 import functools
-import hashlib
-import io
 import logging
 import mimetypes
 import os
 import secrets
-import threading
 import time
-import zipfile
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -31,7 +27,6 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +34,7 @@ from stat import S_ISDIR as stat_is_dir
 from stat import S_ISREG as stat_is_file
 from typing import TYPE_CHECKING, Any, Self
 
-from lanpair import media
+from lanpair import media, zipstream
 from lanpair.clock import Clock, to_iso
 from lanpair.errors import (
     BadRequest,
@@ -53,6 +48,7 @@ from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, folder_name, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
+from lanpair.spool import HEAD_BYTES, Spool, free_bytes, human_size, pump
 from lanpair.store import FileQuery, FileStat, Indexed, Store
 
 if TYPE_CHECKING:
@@ -60,12 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WRITE_BLOCK_BYTES = 1 << 20  # gather network chunks into 1 MiB disk writes
-HEAD_BYTES = 64
-MAX_IOVECS = 512  # below IOV_MAX (1024 on Linux)
-ZIP_TICK_S = 0.5
-FILE_MODE = 0o644  # what a file the user saves usually gets (mkstemp makes 0600)
-_ZIPPERS = ThreadPoolExecutor(4, thread_name_prefix="lanpair-zip")  # zips never starve others
 MAX_COLLISIONS = 10_000
 SCAN_BATCH = 1000
 
@@ -230,7 +220,7 @@ class Library:
         """Raise InsufficientStorage if ``incoming_bytes`` would eat into the reserve, or
         BodyTooLarge if one file is over the limit (a many-file request is not). Blocking."""
         if self._max_upload and not whole_request and incoming_bytes > self._max_upload:
-            raise BodyTooLarge(f"This PC takes files of at most {_size(self._max_upload)}.")
+            raise BodyTooLarge(f"This PC takes files of at most {human_size(self._max_upload)}.")
         if free_bytes(self.paths.root) - incoming_bytes < self._reserve:
             raise InsufficientStorage()
 
@@ -282,7 +272,7 @@ class Library:
                 return Stored(existing, duplicate=True)
         relpath = await asyncio.to_thread(_place, self.paths.root, spool.path, (folder, *relparts))
         record = await self._index(relpath, folder, device_id, sha256, spool.head)
-        log.info("stored %s (%s, %s)", relpath, record.kind.value, _size(record.size))
+        log.info("stored %s (%s, %s)", relpath, record.kind.value, human_size(record.size))
         return Stored(record, duplicate=False)
 
     async def _index(
@@ -349,17 +339,8 @@ class Library:
                 name = "/".join((*record.relpath.split("/")[:-1], numbered(record.name, n)))
             taken.add(name)
             entries.append((path, name))
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
-        stop = threading.Event()
-        writer = loop.run_in_executor(_ZIPPERS, _write_zip, entries, queue, loop, stop)
-        try:
-            while (chunk := await queue.get()) is not None:
-                yield chunk
-        finally:
-            stop.set()  # a client that went away: the writer thread notices within a tick
-            with contextlib.suppress(Exception):
-                await writer
+        async for chunk in zipstream.stream(entries):
+            yield chunk
 
     # -- delete, rename, restore -------------------------------------------------------
 
@@ -686,105 +667,6 @@ class ScanReport:
     took: timedelta
 
 
-class Spool:
-    """A file an upload streams into: new in staging, or a resumable upload's partial.
-
-    Every method is blocking.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        reserve_bytes: int,
-        max_bytes: int,
-        *,
-        resume: bool,
-        fd: int | None = None,
-    ) -> None:
-        self.path = path
-        self._reserve = reserve_bytes
-        self._max = max_bytes
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.head = b""
-        if resume:
-            self._rehash()
-        self._file = path.open("ab", buffering=0) if fd is None else os.fdopen(fd, "ab", 0)
-
-    @classmethod
-    def create(cls, staging: Path, reserve_bytes: int, max_bytes: int) -> Spool:
-        """Open a new temp file in ``staging`` (a fresh random name, created exclusively)."""
-        path = staging / f"upload-{secrets.token_hex(8)}.part"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)  # whatever the umask: what a saved file usually gets
-        return cls(path, reserve_bytes, max_bytes, resume=False, fd=fd)
-
-    def write_all(self, pieces: list[bytes]) -> None:
-        """Append and hash the pieces; stop if the disk fills or the file grows too big."""
-        incoming = sum(map(len, pieces))
-        if self._max and self.size + incoming > self._max:
-            raise BodyTooLarge(f"This PC takes files of at most {_size(self._max)}.")
-        if len(pieces) > MAX_IOVECS:
-            pieces = [b"".join(pieces)]
-        fd = self._file.fileno()
-        try:
-            written = os.writev(fd, pieces)
-            if written < incoming:  # a short write: rare, so the slow way is fine
-                rest = memoryview(b"".join(pieces))[written:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
-        except OSError as exc:
-            os.ftruncate(fd, self.size)  # keep the file and its count of bytes in step
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage() from exc
-            raise
-        for piece in pieces:
-            self._absorb(piece)
-        if free_bytes(self.path.parent) < self._reserve:
-            raise InsufficientStorage()
-
-    def sync(self) -> None:
-        """Make every byte written so far durable."""
-        os.fsync(self._file.fileno())
-
-    def truncate(self, size: int) -> None:
-        """Forget everything after ``size`` bytes (a chunk that failed its checksum)."""
-        self._file.truncate(size)
-        self._file.seek(size)
-        self._hash, self.size, self.head = hashlib.sha256(), 0, b""
-        self._rehash()
-
-    def finish(self, modified: float | None) -> str:
-        """Make the bytes durable, stamp the original date; return the SHA-256 (hex)."""
-        self.sync()
-        self._file.close()
-        if modified is not None:
-            os.utime(self.path, (modified, modified))
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        """Close the file, keeping it."""
-        with contextlib.suppress(OSError):
-            self._file.close()
-
-    def discard(self) -> None:
-        """Close and delete the file (after a link it is only a second name)."""
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-    def _rehash(self) -> None:
-        """Hash what is already in the file (after a restart: only then a second read)."""
-        with self.path.open("rb") as existing:
-            while block := existing.read(WRITE_BLOCK_BYTES):
-                self._absorb(block)
-
-    def _absorb(self, data: bytes) -> None:
-        self._hash.update(data)
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
-        self.size += len(data)
-
-
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(func, *args, **kwargs)
 
@@ -798,41 +680,6 @@ def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 def _log_death(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
-
-
-async def pump(
-    chunks: AsyncIterable[bytes], spool: Spool, on_bytes: Callable[[int], None] | None = None
-) -> None:
-    """Copy network chunks to disk in 1 MiB writes, one write in flight while reading on."""
-    pending: asyncio.Future[None] | None = None
-    block: list[bytes] = []  # the loop never copies: the writer thread takes the pieces
-    size = 0
-    try:
-        async for chunk in chunks:
-            block.append(chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-            if size >= WRITE_BLOCK_BYTES:
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(spool.write_all, block))
-                block, size = [], 0
-        if pending is not None:
-            await pending
-            pending = None
-        if block:
-            await asyncio.to_thread(spool.write_all, block)
-    except BaseException:
-        # Keep what arrived: a resumable upload continues from the last byte on disk.
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)
-            pending = None
-        if block:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.to_thread(spool.write_all, block))
-        raise
 
 
 def _place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
@@ -1027,81 +874,6 @@ def _read_head(path: Path) -> bytes:
         return file.read(HEAD_BYTES)
 
 
-class _ZipAborted(Exception):
-    """The client stopped reading the zip."""
-
-
-class _QueueWriter(io.RawIOBase):
-    """A write-only stream handing each write to the event loop's queue (back-pressured)."""
-
-    def __init__(
-        self,
-        queue: asyncio.Queue[bytes | None],
-        loop: asyncio.AbstractEventLoop,
-        stop: threading.Event,
-    ) -> None:
-        self._queue = queue
-        self._loop = loop
-        self._stop = stop
-        self._written = 0
-
-    def writable(self) -> bool:
-        """Say this stream takes writes."""
-        return True
-
-    def write(self, data: Any) -> int:
-        """Queue a copy of ``data``; wait while the queue is full."""
-        chunk = bytes(data)
-        hand_over(self._queue, chunk, self._loop, self._stop)
-        self._written += len(chunk)
-        return len(chunk)
-
-    def tell(self) -> int:
-        """Return how many bytes were written (zipfile asks, for its offsets)."""
-        return self._written
-
-
-def hand_over(
-    queue: asyncio.Queue[bytes | None],
-    item: bytes | None,
-    loop: asyncio.AbstractEventLoop,
-    stop: threading.Event,
-) -> None:
-    """Put ``item`` on the loop's queue from a thread; give up once ``stop`` is set. Blocking."""
-    while not stop.is_set():
-        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-        try:
-            future.result(timeout=ZIP_TICK_S)
-            return
-        except TimeoutError:
-            if not future.cancel():  # it went through after all
-                return
-    raise _ZipAborted()
-
-
-def _write_zip(
-    entries: list[tuple[Path, str]],
-    queue: asyncio.Queue[bytes | None],
-    loop: asyncio.AbstractEventLoop,
-    stop: threading.Event,
-) -> None:
-    """Write a stored (uncompressed) zip of ``entries`` into ``queue``. Blocking."""
-    out = io.BufferedWriter(_QueueWriter(queue, loop, stop), buffer_size=WRITE_BLOCK_BYTES)
-    try:
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
-            for path, name in entries:
-                info = zipfile.ZipInfo.from_file(path, name)
-                with path.open("rb") as source, archive.open(info, "w", force_zip64=True) as dest:
-                    while block := source.read(WRITE_BLOCK_BYTES):
-                        dest.write(block)
-        out.flush()
-    except _ZipAborted:
-        return
-    finally:
-        with contextlib.suppress(_ZipAborted):
-            hand_over(queue, None, loop, stop)
-
-
 def item_json(record: FileRecord) -> dict[str, Any]:
     """Return a file as every part of lanpair shows it (DESIGN.md's gallery item)."""
     return _item(
@@ -1157,18 +929,3 @@ def _device_folder(device_name: str, device_id: str, taken: set[str]) -> str:
         n += 1
         name = numbered(base, n)
     return name
-
-
-def free_bytes(path: Path) -> int:
-    """Return the bytes an unprivileged user may still write on ``path``'s filesystem."""
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

@@ -27,10 +27,11 @@ from aiohttp import web
 from lanpair import errors
 from lanpair.clock import from_iso, to_iso
 from lanpair.events import UploadProgress
-from lanpair.library import FILE_MODE, Library, Spool, Stored, pump
+from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
 from lanpair.server.middleware import Access, access, caller
+from lanpair.spool import FILE_MODE, Spool, pump
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
