@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lanpair import store
-from lanpair.store import Store
+from lanpair.store import FileQuery, Store
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -153,3 +153,12 @@ async def test_a_schema_2_database_upgrades_and_keeps_its_pairings(tmp_path: Pat
         assert await opened.read(lambda c: count(c, "device_tokens")) == 0
         assert await opened.read(lambda c: count(c, "handoffs")) == 0
     assert pragma(db, "user_version") == len(store.MIGRATIONS)
+
+
+async def test_a_gallery_page_is_read_once_until_the_next_commit(tmp_path: Path) -> None:
+    async with Store(tmp_path / "lanpair.db") as store:
+        query = FileQuery(limit=10)
+        first = await store.files.page_json(query)
+        assert store.files._pages[query] == (store.commits, first)
+        await store.meta("anything", lambda: "x")  # any commit makes the page stale
+        assert store.files._pages[query][0] != store.commits

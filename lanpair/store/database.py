@@ -7,6 +7,7 @@ thread pool with a connection per thread. Nothing here runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import threading
@@ -477,9 +478,9 @@ class Store:
         )
         return [dict(row) for row in rows]
 
-    @property
+    @functools.cached_property
     def files(self) -> FileTable:
-        """Return the file index."""
+        """Return the file index (one, so its page cache is shared)."""
         return FileTable(self)
 
     async def device_folder(self, device_id: str, propose: Callable[[set[str]], str]) -> str:
