@@ -6,19 +6,42 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lanpair import __version__
 from lanpair.config import SETTINGS, Settings, load
-from lanpair.errors import BadRequest, DaemonNotRunning, LanpairError
+from lanpair.errors import (
+    BadPairingLink,
+    BadRequest,
+    DaemonNotRunning,
+    LanpairError,
+    NotPaired,
+    PairingError,
+    PinMismatch,
+    TransferIncomplete,
+    UnknownPC,
+    Unreachable,
+)
 
 if TYPE_CHECKING:
     from lanpair.daemon import Ready
     from lanpair.models import Device
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_UNREACHABLE, EXIT_INCOMPLETE, EXIT_REFUSED, EXIT_PIN_MISMATCH = 3, 4, 5, 6
+# The first matching class decides; any other LanpairError exits EXIT_ERROR.
+EXIT_CODES: tuple[tuple[type[LanpairError], int], ...] = (
+    (PinMismatch, EXIT_PIN_MISMATCH),
+    (NotPaired, EXIT_REFUSED),
+    (PairingError, EXIT_REFUSED),
+    (Unreachable, EXIT_UNREACHABLE),
+    (TransferIncomplete, EXIT_INCOMPLETE),
+    (UnknownPC, EXIT_USAGE),
+    (BadPairingLink, EXIT_USAGE),
+)
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -32,9 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args, settings)
     except LanpairError as exc:
         print(f"lanpair: error: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def exit_code(error: LanpairError) -> int:
+    """Return the exit status for an error (EXIT_CODES, else EXIT_ERROR)."""
+    return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), EXIT_ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,7 +107,105 @@ def _parser() -> argparse.ArgumentParser:
     qr = commands.add_parser("qr", parents=[common], help="show a pairing QR code in this terminal")
     _add_setting(qr, "data_dir")
     qr.set_defaults(run=_qr)
+    _add_client_commands(commands, common)
     return parser
+
+
+def _add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add discover, pair, push, pull and status: this machine as a client of a PC."""
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument(
+        "--client-dir",
+        type=_path,
+        metavar="DIR",
+        help="keep the pairings and transfer state here (default: the user config and state "
+        "dirs; env LANPAIR_CLIENT_DIR)",
+    )
+    mdns = argparse.ArgumentParser(add_help=False)
+    mdns.add_argument(
+        "--mdns",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="look the PC up by mDNS when its stored address does not answer (default: on)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+    moving = argparse.ArgumentParser(add_help=False, parents=[client, mdns, as_json])
+    moving.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="give up on a file after S seconds without progress (default: 30)",
+    )
+
+    discover = commands.add_parser(
+        "discover", parents=[client, as_json], help="list lanpair daemons on this network"
+    )
+    discover.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=0.3,  # daemons answer a browse within ~125 ms on a LAN
+        metavar="S",
+        help="how long to wait for mDNS answers (default: 0.3)",
+    )
+    discover.set_defaults(run=_client_command("discover"))
+
+    pair = commands.add_parser(
+        "pair",
+        parents=[client],
+        help="pair this machine with a PC",
+        description="Pair with a PC: give the text of its pairing QR code "
+        "(https://…/pair-confirm#t=…), or its name and the code `lanpair qr` shows.",
+    )
+    pair.add_argument("target", metavar="URL_OR_NAME", help="the QR code's text, or the PC's name")
+    pair.add_argument("--code", help="the pairing code (with a name instead of a URL)")
+    pair.add_argument(
+        "--fingerprint", help="the PC's key fingerprint to pin (with a name; default: announced)"
+    )
+    pair.add_argument("--name", help="this device's name on the PC (default: the host name)")
+    pair.set_defaults(run=_client_command("pair"))
+
+    push = commands.add_parser(
+        "push", parents=[moving], help="send files and folders to a paired PC"
+    )
+    push.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to send")
+    push.add_argument("--to", metavar="PC", help="which paired PC (name or id)")
+    push.set_defaults(run=_client_command("push", "transfer_commands"))
+
+    pull = commands.add_parser(
+        "pull", parents=[moving], help="download a paired PC's gallery files into a folder"
+    )
+    pull.add_argument("dir", metavar="DIR", help="the folder to fill")
+    pull.add_argument("--from", dest="from_", metavar="PC", help="which paired PC (name or id)")
+    pull.set_defaults(run=_client_command("pull", "transfer_commands"))
+
+    status = commands.add_parser(
+        "status", parents=[client, mdns, as_json], help="show paired PCs and whether they answer"
+    )
+    status.set_defaults(run=_client_command("status"))
+
+
+def _client_command(name: str, module: str = "client_commands") -> Command:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        command: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"lanpair.{module}"), name
+        )
+        return command(args)
+
+    return run
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError("seconds must be above 0 and at most 86400")
+    return value
 
 
 def _path(text: str) -> Any:
@@ -233,4 +359,9 @@ def _qr(args: argparse.Namespace, settings: Settings) -> int:
     print("Scan this with the phone's camera, or open:")
     print(f"  {pairing['url']}")
     print(f"The code works once, until {pairing['expires_at']}.")
+    print("On a computer on this network, either of:")
+    print(f"  lanpair pair '{pairing['url']}'")
+    print(f"  lanpair pair {shlex.quote(pairing['name'])} --code {pairing['pairing_token']}")
+    if pairing.get("fingerprint"):
+        print(f"This PC's key fingerprint: {pairing['fingerprint']}")
     return EXIT_OK

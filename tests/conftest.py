@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Container
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from lan import Lan
 
 from lanpair import tls
 from lanpair.client import SpkiPin
@@ -181,6 +182,22 @@ async def daemon(make_daemon: StartDaemon) -> Daemon:
 async def lan_daemon(make_daemon: StartDaemon) -> Daemon:
     """Return a daemon whose owner is 127.0.0.1 only, so 127.0.0.2 is a LAN peer."""
     return await make_daemon(owner_addresses={"127.0.0.1"})
+
+
+@pytest.fixture(scope="module")
+def shared_lan() -> Iterator[Lan]:
+    """Build one virtual LAN (pc, phone, laptop) for a module's tests (root only)."""
+    from lan import virtual_lan
+
+    with virtual_lan() as built:
+        yield built
+
+
+@pytest.fixture
+def lan(shared_lan: Lan) -> Iterator[Lan]:
+    """Yield the module's LAN; afterwards stop its processes, re-plug cables, reset addresses."""
+    yield shared_lan
+    shared_lan.reset()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -15,32 +15,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from lan import FORBID_ENV, Host, Lan, avahi_unavailable, netns_inode, start_avahi, virtual_lan
+from lan import FORBID_ENV, Host, Lan, avahi_unavailable, netns_inode, start_avahi
 from support import skip_or_fail
 
 from lanpair import discovery
-
-
-@pytest.fixture(scope="module")
-def shared_lan() -> Iterator[Lan]:
-    """Build one virtual LAN (pc, phone, laptop) for this module's tests."""
-    with virtual_lan() as built:
-        yield built
-
-
-@pytest.fixture
-def lan(shared_lan: Lan) -> Iterator[Lan]:
-    """Yield the module's LAN; afterwards stop its processes, re-plug cables, reset addresses."""
-    yield shared_lan
-    shared_lan.reset()
-
 
 FINGERPRINT = "q1w2e3r4t5y6u7i8o9p0-_ASDFGHJKLZXCVBNMqwert"
 AGENT_TIMEOUT_S = 15.0

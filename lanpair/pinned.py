@@ -1,0 +1,217 @@
+"""Small JSON calls to a daemon over one pinned HTTPS connection, standard library only.
+
+``discover``, ``pair`` and ``status`` make a handful of tiny requests and must start fast:
+importing aiohttp costs ~0.4 s on a small machine, most of ``discover``'s one-second
+budget. So they use this: one connection per call, ``Connection: close``, the server's key
+checked against the pin before a byte of the request is sent. Transfers (push, pull) use
+``client.ApiClient`` over aiohttp instead.
+
+The pin is the SHA-256 of the certificate's SubjectPublicKeyInfo (``tls.spki_fingerprint``
+on the daemon's side). The certificate comes from the TLS library already parsed as valid
+DER; ``spki_of`` only walks to its seventh field, so the client side needs no X.509
+library (``client.SpkiPin`` pins aiohttp's connections with it too: cryptography costs
+another 0.1 s to import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from lanpair.errors import PinMismatch, Unreachable
+
+MAX_RESPONSE_BYTES = 4 << 20
+DEFAULT_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response: status, decoded JSON body (None if it had none), and headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def fingerprint_of(cert_der: bytes) -> str:
+    """Return the pin of a DER certificate: SHA-256 of its SPKI, unpadded base64url."""
+    return base64.urlsafe_b64encode(spki_digest(cert_der)).rstrip(b"=").decode()
+
+
+def spki_digest(cert_der: bytes) -> bytes:
+    """Return the SHA-256 of a DER certificate's SPKI. Raises ValueError."""
+    return hashlib.sha256(spki_of(cert_der)).digest()
+
+
+def pin_digest(fingerprint: str) -> bytes:
+    """Return the digest a fingerprint (unpadded base64url) writes. Raises ValueError."""
+    digest = base64.urlsafe_b64decode(fingerprint + "=" * (-len(fingerprint) % 4))
+    if len(digest) != hashlib.sha256().digest_size:
+        raise ValueError(f"{fingerprint!r} is not a SHA-256 fingerprint")
+    return digest
+
+
+def spki_of(cert_der: bytes) -> bytes:
+    """Return the DER SubjectPublicKeyInfo of a DER certificate. Raises ValueError."""
+    _, start, _ = _element(cert_der, 0, 0x30)  # Certificate
+    _, pos, _ = _element(cert_der, start, 0x30)  # TBSCertificate
+    if cert_der[pos] == 0xA0:  # [0] version, present in every v3 certificate
+        pos = _element(cert_der, pos, 0xA0)[2]
+    pos = _element(cert_der, pos, 0x02)[2]  # serialNumber
+    for _ in range(4):  # signature, issuer, validity, subject
+        pos = _element(cert_der, pos, 0x30)[2]
+    _, _, end = _element(cert_der, pos, 0x30)
+    return cert_der[pos:end]
+
+
+def _element(der: bytes, pos: int, tag: int) -> tuple[int, int, int]:
+    """Return (tag position, content start, end) of the DER element at ``pos``."""
+    if pos + 2 > len(der) or der[pos] != tag:
+        raise ValueError("not the certificate layout expected")
+    length, start = der[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 0 < count <= 4:
+            raise ValueError("bad DER length")
+        length = int.from_bytes(der[start : start + count], "big")
+        start += count
+    if start + length > len(der):
+        raise ValueError("truncated DER")
+    return pos, start, start + length
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # The daemon's certificate is self-signed by design: the SPKI pin is the check.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def call(
+    scheme: str,
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    *,
+    fingerprint: str | None,
+    body: Any = None,
+    token: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Answer:
+    """Make one request; return the answer whatever its status.
+
+    Raises Unreachable (no connection, timeout, not HTTP) or PinMismatch (another key).
+    """
+    https = scheme == "https"
+    if https and not fingerprint:
+        raise PinMismatch("No fingerprint to pin this HTTPS server to.")
+    origin = _origin(scheme, host, port)
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                ssl=_tls_context() if https else None,
+                server_hostname="" if https else None,
+            )
+            try:
+                if https:
+                    _check_pin(writer, fingerprint or "", origin)
+                writer.write(_request(method, path, host, port, body, token))
+                await writer.drain()
+                raw = b""
+                while chunk := await reader.read(MAX_RESPONSE_BYTES):
+                    raw += chunk
+                    if len(raw) > MAX_RESPONSE_BYTES:
+                        raise EOFError("the response is too large")
+                return _parse(raw)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+    except TimeoutError:
+        raise Unreachable(f"{origin} did not answer within {timeout_s:g} s.") from None
+    except (OSError, ssl.SSLError, EOFError, ValueError) as exc:
+        raise Unreachable(f"Cannot reach {origin}: {exc}") from None
+
+
+def _check_pin(writer: asyncio.StreamWriter, fingerprint: str, origin: str) -> None:
+    """Raise PinMismatch unless the server's key is the pinned one."""
+    cert = writer.get_extra_info("ssl_object").getpeercert(binary_form=True) or b""
+    try:
+        got = fingerprint_of(cert)
+    except ValueError:
+        got = ""
+    if not hmac.compare_digest(got.encode(), fingerprint.encode()):
+        raise PinMismatch(
+            f"{origin} presented another key ({got or 'none'}) than the pinned one "
+            f"({fingerprint}): refusing to talk to it. If the PC's key really changed, pair "
+            "again with a new QR code."
+        )
+
+
+def _request(method: str, path: str, host: str, port: int, body: Any, token: str | None) -> bytes:
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {_host_header(host, port)}",
+        "Accept: application/json",
+        "Connection: close",
+        f"Content-Length: {len(payload)}",
+    ]
+    if body is not None:
+        head.append("Content-Type: application/json")
+    if token:
+        head.append(f"Authorization: Bearer {token}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+
+def _parse(raw: bytes) -> Answer:
+    head, sep, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise EOFError("not an HTTP response")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        payload = _unchunk(payload)
+    elif "content-length" in headers and headers["content-length"].isdigit():
+        payload = payload[: int(headers["content-length"])]
+    try:
+        decoded = json.loads(payload) if payload.strip() else None
+    except ValueError:
+        decoded = None
+    return Answer(int(parts[1]), decoded, headers)
+
+
+def _unchunk(data: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while pos < len(data):
+        line_end = data.index(b"\r\n", pos)
+        size = int(data[pos:line_end].split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[line_end + 2 : line_end + 2 + size]
+        pos = line_end + 2 + size + 2
+    return bytes(out)
+
+
+def _host_header(host: str, port: int) -> str:
+    bare = host.split("%")[0]
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
+def _origin(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://{_host_header(host, port)}"

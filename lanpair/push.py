@@ -1,0 +1,414 @@
+"""Send files and folders to a paired PC: skipping what it has, resumable over tus.
+
+A folder keeps its own name as the first part of each file's relative path
+(``lanpair push ~/Photos/Trip`` sends ``Trip/day 1/a.jpg``, stored under the device's
+folder on the PC); hidden files inside folders are left out. ``/api/sync`` first says
+which files the PC lacks; those go over tus, one PATCH per file from wherever the PC's
+copy stands, the bytes read from disk a MiB at a time (read ahead in a thread while the
+last MiB is sent). Each upload's URL is written to the push state file as soon as it
+exists, so a run that was cut off asks the PC (HEAD) how far it got and goes on from
+there; finished files are found by the sync and never sent again.
+
+Hashes. The manifest and the upload's metadata carry each file's SHA-256 when it is
+known before sending: files up to ``PREHASH_MAX_BYTES`` are hashed first (then a copy
+under another name is skipped too), bigger ones are hashed in the same read as they are
+sent — hashing 1 GiB first would cost ~0.8 s before the first byte moves — and every
+hash is kept in the state file (by path, size and mtime) for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lanpair.client import ApiClient, TusAnswer
+from lanpair.errors import BadRequest, RemoteError, Unreachable
+from lanpair.transfer import (
+    CHUNK_BYTES,
+    RETRY_PAUSE_S,
+    STALL_TIMEOUT_S,
+    Meter,
+    StateFile,
+    Summary,
+    classify,
+    guarded,
+    run_all,
+)
+
+PREHASH_MAX_BYTES = 64 << 20
+KEEP_UPLOAD_BYTES = 8 << 20  # from this size an upload's URL is on disk before its bytes go
+MANIFEST_BATCH = 5000
+FINISH_WAIT_S = 120.0  # a whole file's bytes sent: how long the PC may take to file it
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A file to push and the relative path it is sent under."""
+
+    path: Path
+    relpath: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """Return the state file's key for this file."""
+        return str(self.path)
+
+
+def collect(paths: Iterable[Path]) -> list[LocalFile]:
+    """Return the files under ``paths``: a folder's own name starts each relpath. Blocking."""
+    found: list[LocalFile] = []
+    for given in paths:
+        path = given.expanduser().absolute()
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        _add(found, Path(root) / name, path.parent)
+        elif path.is_file():
+            _add(found, path, path.parent)
+        else:
+            raise BadRequest(f"{given} is neither a file nor a folder.")
+    return found
+
+
+def _add(found: list[LocalFile], path: Path, base: Path) -> None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return
+    if not path.is_file():
+        return
+    relpath = path.relative_to(base).as_posix()
+    found.append(LocalFile(path, relpath, stat.st_size, stat.st_mtime_ns))
+
+
+def sha256_of(path: Path) -> str:
+    """Return a file's SHA-256 (hex). Blocking."""
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PushState(StateFile):
+    """Per file (by path): size, mtime, SHA-256 once known, and an unfinished upload's URL."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, {"files": {}})
+
+    def entry(self, file: LocalFile) -> dict[str, Any]:
+        """Return the file's record, starting afresh if the file changed since."""
+        files: dict[str, Any] = self.data.setdefault("files", {})
+        entry = files.get(file.key)
+        if not isinstance(entry, dict) or (entry.get("size"), entry.get("mtime_ns")) != (
+            file.size,
+            file.mtime_ns,
+        ):
+            entry = {"size": file.size, "mtime_ns": file.mtime_ns}
+            files[file.key] = entry
+        return entry
+
+    def sha256(self, file: LocalFile) -> str | None:
+        """Return the file's hash if an earlier run learned it."""
+        value = self.entry(file).get("sha256")
+        return value if isinstance(value, str) else None
+
+
+async def push(
+    api: ApiClient,
+    paths: Sequence[Path],
+    state: PushState,
+    meter: Meter,
+    *,
+    stall_s: float = STALL_TIMEOUT_S,
+) -> Summary:
+    """Send every file under ``paths`` that the PC lacks; return what happened."""
+    started = time.monotonic()
+    summary = Summary()
+    files = await asyncio.to_thread(collect, paths)
+    hashes = await _known_hashes(files, state)
+    missing = await _missing(api, files, hashes, stall_s)
+    summary.already = len(files) - len(missing)
+    sends = [_Send(file, state.entry(file)) for file in missing]
+    await _resume_offsets(api, sends, state, stall_s)
+    summary.resumed = sum(1 for send in sends if send.offset > 0)
+    meter.start(sum(s.file.size for s in sends), sum(s.offset for s in sends), len(sends))
+
+    async def one(send: _Send) -> bool:
+        answer = await _send_file(api, send, state, meter, stall_s)
+        return bool(answer.duplicate)
+
+    try:
+        await run_all(sends, one, summary, meter)
+    finally:
+        await state.flush()
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+async def _known_hashes(files: list[LocalFile], state: PushState) -> dict[str, str]:
+    """Return the hashes known from earlier runs, plus those of files small enough to hash now."""
+    hashes: dict[str, str] = {}
+    to_hash: list[LocalFile] = []
+    for file in files:
+        known = state.sha256(file)
+        if known:
+            hashes[file.key] = known
+        elif file.size <= PREHASH_MAX_BYTES:
+            to_hash.append(file)
+    if to_hash:
+        limit = asyncio.Semaphore(os.cpu_count() or 2)
+
+        async def hash_one(file: LocalFile) -> None:
+            async with limit:
+                with contextlib.suppress(OSError):
+                    hashes[file.key] = await asyncio.to_thread(sha256_of, file.path)
+                    state.entry(file)["sha256"] = hashes[file.key]
+
+        await asyncio.gather(*(hash_one(f) for f in to_hash))
+        await state.save()
+    return hashes
+
+
+async def _missing(
+    api: ApiClient, files: list[LocalFile], hashes: dict[str, str], stall_s: float
+) -> list[LocalFile]:
+    """Ask the PC which files it lacks (a name the PC lacks sends every file of that name)."""
+    missing: list[LocalFile] = []
+    for start in range(0, len(files), MANIFEST_BATCH):
+        batch = files[start : start + MANIFEST_BATCH]
+        manifest = [
+            {
+                "name": f.relpath,
+                "size": f.size,
+                "modified": f.mtime_ns / 1e9,
+                **({"sha256": hashes[f.key]} if f.key in hashes else {}),
+            }
+            for f in batch
+        ]
+        answer = await guarded(api.call("POST", "/api/sync", manifest), stall_s)
+        lacking = set(answer.get("missing", [])) if isinstance(answer, dict) else set()
+        missing += [f for f in batch if f.relpath in lacking]
+    return missing
+
+
+@dataclass(slots=True)
+class _Send:
+    file: LocalFile
+    entry: dict[str, Any]
+    offset: int = 0  # where the PC's copy stands
+    moved: int = 0  # bytes sent in this run (each byte once, however often retried)
+    counted: int = 0  # the furthest byte sent so far
+
+    @property
+    def relpath(self) -> str:
+        return self.file.relpath
+
+
+async def _resume_offsets(
+    api: ApiClient, sends: list[_Send], state: PushState, stall_s: float
+) -> None:
+    """Ask the PC how far each interrupted upload got (uploads it forgot start over)."""
+
+    async def ask(send: _Send) -> None:
+        location = send.entry.get("upload")
+        if not isinstance(location, str):
+            return
+        offset = await guarded(api.tus_offset(location), stall_s)
+        if offset is None or offset > send.file.size:
+            send.entry.pop("upload", None)
+        else:
+            send.offset = send.counted = offset
+
+    await asyncio.gather(*(ask(send) for send in sends))
+    if any("upload" in send.entry for send in sends):
+        await state.save()
+
+
+async def _send_file(
+    api: ApiClient, send: _Send, state: PushState, meter: Meter, stall_s: float
+) -> Any:
+    """Create (or continue) the file's upload and send the rest of it, retrying a broken
+    connection until nothing has moved for ``stall_s``."""
+    file, entry = send.file, send.entry
+    sha256 = entry.get("sha256")
+    last_moved = time.monotonic()
+    pauses = iter(RETRY_PAUSE_S)
+    while True:
+        location = entry.get("upload")
+        metadata: dict[str, str] = {}
+        if not isinstance(location, str):
+            metadata = {
+                "filename": file.path.name,
+                "relpath": file.relpath,
+                "modified": f"{file.mtime_ns / 1e9:.3f}",
+            }
+            if sha256:
+                metadata["sha256"] = sha256
+        digest = hashlib.sha256() if send.offset == 0 and not sha256 else None
+        sent_before = send.moved
+        try:
+            if not isinstance(location, str):
+                location = await _create(api, file.size, metadata, stall_s)
+                entry["upload"], entry["offset"] = location, 0
+                send.offset = 0
+                await state.save(soon=file.size < KEEP_UPLOAD_BYTES)
+            answer = await _patch(api, location, send, digest, meter, stall_s)
+        except _Retry as retry:
+            if send.moved > sent_before:
+                last_moved, pauses = time.monotonic(), iter(RETRY_PAUSE_S)
+            entry["offset"] = send.offset
+            await state.save()
+            if time.monotonic() - last_moved > stall_s:
+                raise Unreachable(f"Gave up: {retry}.") from None
+            await asyncio.sleep(next(pauses, RETRY_PAUSE_S[-1]))
+            offset = None
+            if isinstance(location, str):
+                offset = await _offset_or_none(api, location, stall_s)
+            if offset is None and retry.gone:
+                entry.pop("upload", None)
+                # Finished while we waited for its answer, or forgotten (expired): which?
+                if await _already_there(api, file, sha256, stall_s):
+                    await state.save(soon=True)
+                    return TusAnswer(offset=file.size, file_id=None, duplicate=False)
+            elif offset is not None:
+                send.offset = entry["offset"] = offset
+            continue
+        if answer.offset < file.size:
+            send.offset = answer.offset
+            continue
+        entry.pop("upload", None)
+        entry.pop("offset", None)
+        if digest is not None:
+            entry["sha256"] = digest.hexdigest()
+        await state.save(soon=True)
+        return answer
+
+
+class _Retry(Exception):
+    """A transient failure: ask where the upload stands and go on."""
+
+    def __init__(self, why: str, *, gone: bool = False) -> None:
+        super().__init__(why)
+        self.gone = gone
+
+
+async def _create(api: ApiClient, length: int, metadata: dict[str, str], stall_s: float) -> str:
+    """Create an upload; a connection failure is one more retry."""
+    import aiohttp
+
+    try:
+        async with asyncio.timeout(stall_s):
+            return await api.tus_create(length, metadata)
+    except TimeoutError:
+        raise _Retry(f"no answer for {stall_s:g} s") from None
+    except (aiohttp.ClientError, OSError, Unreachable) as exc:
+        raise _Retry(str(exc) or type(exc).__name__) from None
+    except RemoteError as exc:
+        if exc.status in (409, 423, 500, 502, 503, 504):
+            raise _Retry(exc.message) from None
+        raise classify(exc) from None
+
+
+async def _patch(
+    api: ApiClient,
+    location: str,
+    send: _Send,
+    digest: Any,
+    meter: Meter,
+    stall_s: float,
+) -> Any:
+    """One PATCH from ``send.offset`` to the end of the file; a stall or a broken
+    connection raises _Retry."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    start = send.offset
+
+    async def body() -> AsyncIterator[bytes]:
+        position = start
+        async for chunk in read_chunks(send.file.path, start, digest):
+            guard.reschedule(loop.time() + stall_s)
+            yield chunk
+            position += len(chunk)
+            if position > send.counted:  # bytes sent again after a retry count once
+                meter.advance(position - send.counted)
+                send.moved += position - send.counted
+                send.counted = position
+        # all sent: the PC now checks and files it (and fsyncs it) before it answers
+        guard.reschedule(loop.time() + max(stall_s, FINISH_WAIT_S))
+
+    try:
+        async with asyncio.timeout(stall_s) as guard:
+            answer = await api.tus_append(location, start, body(), send.file.size - start)
+    except TimeoutError:
+        raise _Retry(f"nothing moved for {stall_s:g} s") from None  # e.g. a cut cable
+    except (aiohttp.ClientError, OSError, Unreachable) as exc:
+        raise _Retry(str(exc) or type(exc).__name__) from None
+    except RemoteError as exc:
+        if exc.status in (409, 423, 500, 502, 503, 504):
+            raise _Retry(exc.message) from None
+        if exc.status in (404, 410):
+            raise _Retry(exc.message, gone=True) from None
+        raise classify(exc) from None
+    send.offset = answer.offset
+    return answer
+
+
+async def read_chunks(path: Path, offset: int, digest: Any = None) -> AsyncIterator[bytes]:
+    """Yield a file's bytes from ``offset`` a MiB at a time, reading the next while one is
+    sent; feed them to ``digest`` too (in the reading thread)."""
+    loop = asyncio.get_running_loop()
+    source = await asyncio.to_thread(path.open, "rb")
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        await asyncio.to_thread(source.seek, offset)
+
+        def read() -> bytes:
+            data = source.read(CHUNK_BYTES)
+            if digest is not None:
+                digest.update(data)
+            return data
+
+        pending = loop.run_in_executor(None, read)
+        while data := await pending:
+            pending = loop.run_in_executor(None, read)
+            yield data
+        pending = None
+    finally:
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
+        await asyncio.to_thread(source.close)
+
+
+async def _offset_or_none(api: ApiClient, location: str, limit_s: float) -> int | None:
+    """Return where an upload stands; None if the PC does not say (or has no such upload)."""
+    import aiohttp
+
+    try:
+        async with asyncio.timeout(limit_s):
+            return await api.tus_offset(location)
+    except (TimeoutError, aiohttp.ClientError, OSError, RemoteError, Unreachable):
+        return None
+
+
+async def _already_there(api: ApiClient, file: LocalFile, sha256: Any, limit_s: float) -> bool:
+    """Ask the PC (sync) whether it has this file now."""
+    try:
+        return not await _missing(
+            api, [file], {file.key: sha256} if isinstance(sha256, str) else {}, limit_s
+        )
+    except (Unreachable, RemoteError):
+        return False
