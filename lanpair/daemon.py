@@ -356,11 +356,16 @@ class Announcer:
 
     def _listened_addresses(self) -> list[str] | None:
         """Return the addresses to advertise: the ones listened on, or None for all."""
+        hosts = self._settings.host
         specific = [
             h
-            for h in self._settings.host
+            for h in hosts
             if h not in {"0.0.0.0", "::"} and not ipaddress.ip_address(h).is_loopback
         ]
+        if "0.0.0.0" in hosts and "::" not in hosts:  # every IPv4 address, and no IPv6 one
+            return specific + [
+                a for a in discovery.interface_addresses(self._settings.interface) if ":" not in a
+            ]
         return specific or None
 
 

@@ -403,3 +403,19 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     _agent(sys.argv[1:])
+
+
+def test_a_daemon_listening_on_ipv4_only_advertises_no_ipv6(tmp_path: Path) -> None:
+    """--host 0.0.0.0 takes every IPv4 address and no IPv6 one: none would answer there."""
+    from lanpair import config
+    from lanpair.daemon import Announcer
+    from lanpair.models import Site
+
+    (tmp_path / "none.toml").write_text("")
+    settings = config.load(cli={"host": "0.0.0.0"}, environ={}, config_path=tmp_path / "none.toml")
+    site = Site(
+        name="PC", device_id="pc_x", hostname="pc", port=1, scheme="https", ip="", fingerprint=None
+    )
+    addresses = Announcer(settings, site)._listened_addresses()
+    assert addresses is not None
+    assert all(":" not in address for address in addresses)

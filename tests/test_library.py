@@ -672,3 +672,24 @@ async def test_a_gallery_page_shows_items_exactly_as_events_do(
         record = await daemon.store.files.get(item["id"])
         assert record is not None
         assert item == item_json(record)
+
+
+async def test_sync_goes_by_content_when_told_and_by_path_otherwise(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """An edited file of the same size, or a namesake in another subfolder, is missing."""
+    photo = jpeg(64, 48)
+    await upload(daemon, phone["device_token"], ("a.jpg", photo))
+    edited = hashlib.sha256(b"x" * len(photo)).hexdigest()
+    manifest = [
+        {"name": "a.jpg", "size": len(photo)},
+        {"name": "a.jpg", "size": len(photo), "sha256": edited},
+        {"name": "Trip/a.jpg", "size": len(photo)},
+        {"name": "elsewhere.jpg", "size": 1, "sha256": hashlib.sha256(photo).hexdigest()},
+    ]
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.post("/api/sync", json=manifest) as response,
+    ):
+        answer = await response.json()
+    assert answer == {"present": ["a.jpg", "elsewhere.jpg"], "missing": ["a.jpg", "Trip/a.jpg"]}

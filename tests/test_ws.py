@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import os
@@ -170,6 +171,8 @@ async def test_a_resumable_upload_reports_progress_from_where_it_resumes(daemon:
                 location, data=b"x" * 1000, headers={**patch, "Upload-Offset": str(offset)}
             ) as response:
                 assert response.status == 204
+        # The answer to the last bytes says what was stored, to check end to end.
+        assert response.headers["Lanpair-Sha256"] == hashlib.sha256(b"x" * 2000).hexdigest()
         states = []
         while not states or states[-1]["state"] != "done":
             states.append((await next_event(pc_socket, "upload.progress"))["data"])

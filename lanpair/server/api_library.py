@@ -145,15 +145,21 @@ async def sync(request: web.Request) -> web.Response:
     library = request.app[LIBRARY_KEY]
     entries = await _read_manifest(request)
     folder, device_id = await library.folder_of(caller(request))
-    have_named, have_hashes = await services.store.files.present(
+    for e in entries:
+        e["relpath"] = "/".join((folder, *e["relparts"]))
+    have_paths, have_hashes = await services.store.files.present(
         folder,
-        [(e["name"], e["size"]) for e in entries],
+        [(e["relpath"], e["size"]) for e in entries],
         [e["sha256"] for e in entries if e.get("sha256")],
     )
     present: list[str] = []
     missing: list[str] = []
     for e in entries:
-        have = (e["name"], e["size"]) in have_named or e["sha256"] in have_hashes
+        # The content decides when the device says it; else the same path and size.
+        if e["sha256"]:
+            have = e["sha256"] in have_hashes
+        else:
+            have = (e["relpath"], e["size"]) in have_paths
         (present if have else missing).append(e["original"])
     if device_id is not None:
         now = services.clock.now()
@@ -409,9 +415,8 @@ def _manifest_entry(entry: Any) -> dict[str, Any]:
     sha = entry.get("sha256")
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
         raise errors.BadRequest(f"The sha256 of {entry['name']!r} must be 64 hex digits.")
-    name = safe_relpath(entry["name"])[-1]
     return {
-        "name": name,
+        "relparts": safe_relpath(entry["name"]),
         "size": size,
         "sha256": sha.lower() if sha else None,
         "original": entry["name"],

@@ -217,6 +217,7 @@ async def append(request: web.Request) -> web.Response:
         if spool.size == upload.length:
             stored = await _complete(request, library, tus, upload, spool)
             headers["Lanpair-File-Id"] = str(stored.record.id)
+            headers["Lanpair-Sha256"] = stored.record.sha256 or ""  # to check end to end
             headers["Lanpair-Duplicate"] = "true" if stored.duplicate else "false"
         return web.Response(status=204, headers=headers)
 

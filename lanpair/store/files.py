@@ -94,16 +94,18 @@ class FileTable:
         return [_record(row) for row in rows]
 
     async def present(
-        self, folder: str, names_sizes: Iterable[tuple[str, int]], sha256s: Iterable[str]
+        self, folder: str, paths_sizes: Iterable[tuple[str, int]], sha256s: Iterable[str]
     ) -> tuple[set[tuple[str, int]], set[str]]:
-        """Return which (name, size) pairs exist in ``folder`` and which hashes anywhere."""
-        wanted = list(names_sizes)
+        """Return which (relpath, size) pairs exist in ``folder`` and which hashes anywhere."""
+        wanted = list(paths_sizes)
         hashes = list(sha256s)
 
         def present(conn: sqlite3.Connection) -> tuple[set[tuple[str, int]], set[str]]:
             in_folder = {
                 (row[0], row[1])
-                for row in conn.execute("SELECT name, size FROM files WHERE folder = ?", (folder,))
+                for row in conn.execute(
+                    "SELECT relpath, size FROM files WHERE folder = ?", (folder,)
+                )
             }
             known = set()
             for start in range(0, len(hashes), 500):
