@@ -185,7 +185,7 @@ async def _set_up_tls(settings: Settings, paths: Paths, clock: Clock) -> tls.Ser
         log.warning("TLS is off (--no-tls): serving plain HTTP; anyone on the LAN can read traffic")
         return None
     try:
-        info = await asyncio.to_thread(_ensure_cert, settings, paths, clock)
+        info = await asyncio.to_thread(_ensure_cert, settings.hostname, paths, clock)
         server_tls = await asyncio.to_thread(tls.ServerTls, info)
     except CertificateError as exc:
         log.error("TLS COULD NOT BE SET UP (%s): SERVING PLAIN HTTP", exc)
@@ -194,11 +194,11 @@ async def _set_up_tls(settings: Settings, paths: Paths, clock: Clock) -> tls.Ser
     return server_tls
 
 
-def _ensure_cert(settings: Settings, paths: Paths, clock: Clock) -> tls.CertInfo:
+def _ensure_cert(hostname: str, paths: Paths, clock: Clock) -> tls.CertInfo:
     return tls.ensure_certificate(
         paths.tls_key,
         paths.tls_cert,
-        hostname=settings.hostname,
+        hostname=hostname,
         addresses=netif.lan_addresses(),
         now=clock.now(),
     )
@@ -291,9 +291,12 @@ async def _watch_network(
     every few hours: renew the certificate before it expires."""
     cert_checked = time.monotonic()
     cert_stale = moved = False
+    named = settings.hostname  # the certificate's .local name
     while True:
         await asyncio.sleep(ADDRESS_CHECK_S)
         try:
+            if site.hostname != named:  # mDNS found the name taken: "<host>-2" now
+                named, cert_stale = site.hostname, True
             if await asyncio.to_thread(addresses.refresh):
                 log.info("network addresses changed")
                 if not settings.advertise_ip:
@@ -302,7 +305,7 @@ async def _watch_network(
             if time.monotonic() - cert_checked > CERT_CHECK_S:
                 cert_stale = True
             if server_tls is not None and cert_stale:
-                info = await asyncio.to_thread(_ensure_cert, settings, paths, clock)
+                info = await asyncio.to_thread(_ensure_cert, site.hostname, paths, clock)
                 if info != server_tls.info:
                     await asyncio.to_thread(server_tls.use, info)
                 cert_checked, cert_stale = time.monotonic(), False

@@ -225,6 +225,26 @@ def test_the_daemon_advertises_its_real_port_and_follows_a_new_address(
     assert browse_once(laptop)["found"] == []  # it said goodbye
 
 
+@pytest.mark.timeout(90)
+def test_a_host_name_taken_on_the_lan_moves_the_daemon_and_its_certificate_to_the_next(
+    lan: Lan, tmp_path: Path
+) -> None:
+    """Another machine answers for <host>.local: the daemon takes <host>-2.local, for its
+    advertisement and, within a few seconds, for its certificate too."""
+    pc, phone, laptop = lan["pc"], lan["phone"], lan["laptop"]
+    squatter, _ = advertise(phone, "Squatter", hostname=pc.hostname)
+    daemon, _runtime = start_daemon(pc, tmp_path / "data")
+    found = {f["name"]: f for f in browse_once(laptop)["found"]}
+    assert found["Test PC"]["server"] == f"{pc.hostname}-2.local"
+    deadline = time.monotonic() + 15.0  # the daemon looks every 5 s
+    while f"{pc.hostname}-2.local" not in certificate_names(tmp_path / "data"):
+        assert time.monotonic() < deadline, certificate_names(tmp_path / "data")
+        time.sleep(0.2)
+    daemon.terminate()
+    assert daemon.wait(AGENT_TIMEOUT_S) == 0
+    squatter.quit()
+
+
 @pytest.mark.timeout(60)
 def test_a_name_taken_by_another_pc_gets_the_next_free_name(lan: Lan) -> None:
     """Two PCs called alike: the second one to start becomes 'Test PC (2)'; both are found."""
