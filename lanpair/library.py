@@ -468,7 +468,17 @@ class Library:
         indexed, on_disk = await asyncio.gather(  # read the index while walking the disk
             self._store.files.stats(folder), asyncio.to_thread(_walk, self.paths.root, folder)
         )
+        if self._claims:  # lanpair is moving some of these right now: look again after
+            mine = {p for p in indexed.keys() | on_disk.keys() if self._claimed(p)}
+            self._deferred.update(mine)
+            indexed = {p: stat for p, stat in indexed.items() if p not in mine}
+            on_disk = {p: stat for p, stat in on_disk.items() if p not in mine}
         gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
+        if gone:  # the walk is older than the index read: look again before dropping any
+            there, _writing = await asyncio.to_thread(
+                _stat_many, self.paths.root, [stat.relpath for stat in gone]
+            )
+            gone = [stat for stat in gone if stat.relpath not in there]
         changed = [
             relpath
             for relpath, (size, mtime_ns) in on_disk.items()
@@ -641,6 +651,10 @@ class Thumbnails:
     async def _draw(self, record: FileRecord, path: Path) -> Path | None:
         source = self._root / record.relpath
         await asyncio.to_thread(path.parent.mkdir, exist_ok=True)
+        there, _writing = await asyncio.to_thread(_stat_many, self._root, [record.relpath])
+        if record.relpath not in there:  # gone, or swapped for a symlink since it was indexed
+            log.info("no thumbnail for %s: it is no longer a file of the library", record.relpath)
+            return None
         try:
             draw = media.video_poster if record.kind is Kind.VIDEO else media.make_thumbnail
             drawn = await self._run(functools.partial(draw, px=THUMB_PX), source, path)
@@ -766,6 +780,8 @@ def _describe_many(root: Path, relpaths: list[str], folders: dict[str, str]) -> 
             described.append(
                 _describe(root / relpath, relpath, folder, folders.get(folder), None, head)
             )
+        except FileNotFoundError:
+            continue  # gone since the walk: its deletion is news of its own
         except OSError as exc:
             log.warning("could not index %s: %s", relpath, exc.strerror)
     return described

@@ -18,6 +18,8 @@ from PIL import Image
 from test_library import form
 
 from lanpair.events import Event, Subscription
+from lanpair.models import OWNER
+from lanpair.store import FileStat
 from lanpair.watcher import OVERFLOW_LOGGER, Change, Watcher, WatchMode, filesystem_type
 
 FOLDER = "Camera"
@@ -342,3 +344,31 @@ async def test_a_top_level_folder_renamed_or_made_later_is_followed(
     (fresh / "four.jpg").write_bytes(jpeg(43))
     [fourth] = await collect(subscription)
     assert fourth.data["item"]["name"] == "four.jpg"
+
+
+async def test_a_rescan_racing_a_rename_keeps_the_renamed_file(make_daemon: StartDaemon) -> None:
+    """The scan's walk can be older than its read of the index: a file renamed in between
+    must not be dropped (found by review; the index read is delayed here to force it)."""
+    daemon = await make_daemon(watch=None)
+    await asyncio.wait_for(daemon.library._scanned.wait(), 10)
+    folder = daemon.library.paths.root / FOLDER
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"hello")
+    await daemon.library.scan()
+    [stat] = (await daemon.store.files.stats()).values()
+    subscription = daemon.library.hub.subscribe()
+    files = daemon.store.files
+    read_index = files.stats
+
+    async def late_read(folder: str = "") -> dict[str, FileStat]:
+        await asyncio.sleep(0.2)  # the walk has finished by now
+        await daemon.library.rename(OWNER, stat.id, "b.txt")
+        return await read_index(folder)
+
+    files.stats = late_read  # type: ignore[method-assign]
+    try:
+        await daemon.library.scan(FOLDER, announce=True)
+    finally:
+        del files.stats
+    assert list(await daemon.store.files.stats()) == [f"{FOLDER}/b.txt"]
+    assert kinds(subscription.ready()) == ["file.moved"]

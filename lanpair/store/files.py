@@ -45,11 +45,12 @@ class Indexed(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class FileStat:
-    """What a rescan compares: a file's id, size and modification time."""
+    """What a rescan compares: a file's id, size and modification time (and where it was)."""
 
     id: int
     size: int
     mtime_ns: int
+    relpath: str
 
 
 class FileTable:
@@ -174,7 +175,7 @@ class FileTable:
             sql = "SELECT relpath, id, size, mtime_ns FROM files WHERE relpath >= ? AND relpath < ?"
             params = (folder + "/", folder + "0")
         rows = await self._store.read(lambda c: c.execute(sql, params).fetchall())
-        return {row[0]: FileStat(row[1], row[2], row[3]) for row in rows}
+        return {row[0]: FileStat(row[1], row[2], row[3], row[0]) for row in rows}
 
     async def stats_of(self, relpaths: Iterable[str]) -> dict[str, FileStat]:
         """Return the indexed stats of just these paths."""
@@ -187,7 +188,7 @@ class FileTable:
                     "SELECT id, size, mtime_ns FROM files WHERE relpath = ?", (relpath,)
                 ).fetchone()
                 if row is not None:
-                    found[relpath] = FileStat(row[0], row[1], row[2])
+                    found[relpath] = FileStat(row[0], row[1], row[2], relpath)
             return found
 
         return await self._store.read(stats_of)
@@ -195,15 +196,17 @@ class FileTable:
     async def remove_unchanged(self, stats: Iterable[FileStat]) -> list[int]:
         """Drop files from the index if their rows are still as given; return whose were.
 
-        A row that changed since it was read (an upload indexed the path again) stays.
+        A row that changed since it was read (an upload indexed the path again, a rename
+        moved it) stays.
         """
-        rows = [(s.id, s.size, s.mtime_ns) for s in stats]
+        rows = [(s.id, s.relpath, s.size, s.mtime_ns) for s in stats]
 
         def remove(conn: sqlite3.Connection) -> list[int]:
             removed = []
             for row in rows:
                 cursor = conn.execute(
-                    "DELETE FROM files WHERE id = ? AND size = ? AND mtime_ns = ?", row
+                    "DELETE FROM files WHERE id = ? AND relpath = ? AND size = ? AND mtime_ns = ?",
+                    row,
                 )
                 if cursor.rowcount:
                     removed.append(row[0])
