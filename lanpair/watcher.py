@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SETTLE_S = 0.01  # a file closed or moved in: wait this long for more news about it
 WRITE_IDLE_S = 60.0  # a writer that neither writes nor closes for this long: take the file
 RESCAN_EVERY_S = 30.0  # where file events never arrive
+MAX_RETRY_PAUSE_S = 60.0  # between rescans while indexing keeps failing
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 # Where the kernel tells a watcher nothing about changes made by other machines.
 NETWORK_FILESYSTEMS = frozenset(
@@ -114,6 +115,7 @@ class Watcher:
         self._observer: BaseObserver | None = None
         self._forwarder: _Forwarder | None = None
         self._folder_watches: dict[str, ObservedWatch] = {}  # top-level folder -> its watch
+        self._folder_changes: asyncio.Queue[tuple[str | None, str | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._overflow = _OverflowAlarm(self._overflowed)
         self.polling = False
@@ -142,19 +144,22 @@ class Watcher:
             observer.schedule(self._forwarder, str(self.root), event_filter=_EVENT_TYPES)
             folders = await asyncio.to_thread(self._top_folders)
             for name in folders:
-                await asyncio.to_thread(self._watch_folder, observer, name)
+                watch = await asyncio.to_thread(self._watch_folder, observer, name)
+                if watch is not None:
+                    self._folder_watches[name] = watch
             logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow)
             self._overflow.loop = loop
             await asyncio.to_thread(observer.start)
             self._observer = observer
             log.info("watching %s (%d folders) for files added by hand", self.root, len(folders))
+            self._tasks.append(_spawn(self._follow_folders(), "watch-folders"))
         self._tasks.append(_spawn(self._deliver(), "library-watch"))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop the observer and the delivery of changes."""
         if self._observer is not None:
-            self._observer.stop()
+            await asyncio.to_thread(self._observer.stop)  # joins the emitters: not on the loop
             await asyncio.to_thread(self._observer.join)
             self._observer = None
             logging.getLogger(OVERFLOW_LOGGER).removeHandler(self._overflow)
@@ -179,7 +184,6 @@ class Watcher:
         elif isinstance(event, DirCreatedEvent):
             if "/" not in src:  # a new folder of the library: watch it, then look inside
                 self._follow_folder(None, src)
-                self._queue(Change(src, folder=True))
             # deeper: its files each get their own event
         elif isinstance(event, DirDeletedEvent):
             if "/" not in src:
@@ -231,20 +235,27 @@ class Watcher:
 
     def _follow_folder(self, gone: str | None, new: str | None) -> None:
         """Stop watching a top-level folder that went; start on one that came (loop)."""
-        observer = self._observer
-        if observer is None:
-            return
-        if gone is not None:
-            watch = self._folder_watches.pop(gone, None)
-            if watch is not None:
-                with contextlib.suppress(KeyError):
-                    observer.unschedule(watch)
-        if new is not None:
-            # Adding the watches walks the folder: in a thread. Whatever lands in it before
-            # they exist is found by the folder's scan, queued after this.
-            self._tasks.append(
-                _spawn(asyncio.to_thread(self._watch_folder, observer, new), "watch-folder")
-            )
+        self._folder_changes.put_nowait((gone, new))
+
+    async def _follow_folders(self) -> None:
+        """Apply top-level folders' comings and goings to the observer, one at a time, in a
+        thread: adding watches walks the folder, and watchdog's lock is held meanwhile."""
+        while True:
+            gone, new = await self._folder_changes.get()
+            observer = self._observer
+            if observer is None:
+                continue
+            if gone is not None:
+                watch = self._folder_watches.pop(gone, None)
+                if watch is not None:
+                    with contextlib.suppress(KeyError):
+                        await asyncio.to_thread(observer.unschedule, watch)
+            if new is not None and new not in self._folder_watches:
+                watch = await asyncio.to_thread(self._watch_folder, observer, new)
+                if watch is not None:
+                    self._folder_watches[new] = watch
+                # What landed in it before the watch existed: the folder's scan finds it.
+                self._queue(Change(new, folder=True))
 
     def _top_folders(self) -> list[str]:
         """Return the library's top-level folders (not lanpair's, not symlinks). Blocking."""
@@ -255,19 +266,18 @@ class Watcher:
                 if e.is_dir(follow_symlinks=False) and e.name not in self._ignore
             ]
 
-    def _watch_folder(self, observer: BaseObserver, name: str) -> None:
+    def _watch_folder(self, observer: BaseObserver, name: str) -> ObservedWatch | None:
         """Watch a top-level folder and everything inside it. Blocking."""
-        if self._forwarder is None or name in self._ignore or name in self._folder_watches:
-            return
         path = self.root / name
-        if path.is_symlink() or not path.is_dir():
-            return
+        if self._forwarder is None or name in self._ignore or path.is_symlink():
+            return None
         try:
-            self._folder_watches[name] = observer.schedule(
+            return observer.schedule(
                 self._forwarder, str(path), recursive=True, event_filter=_EVENT_TYPES
             )
         except OSError as exc:  # gone again, or out of inotify watches
             log.warning("cannot watch %s: %s", path, exc.strerror)
+            return None
 
     def _later(self, relpath: str, delay_s: float) -> None:
         """(Re)start the quiet period after which ``relpath`` is looked at."""
@@ -311,6 +321,7 @@ class Watcher:
 
     async def _deliver(self) -> None:
         """Hand ready changes to the sink in order, one batch at a time."""
+        failures = 0
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -318,10 +329,18 @@ class Watcher:
             self._ready.clear()
             try:
                 await self._sink(batch)
+                failures = 0
             except Exception:
-                log.exception("indexing %d change(s) failed; rescanning", len(batch))
+                failures += 1
+                pause_s = min(MAX_RETRY_PAUSE_S, 2.0**failures)
+                if failures == 1:
+                    log.exception("indexing %d change(s) failed; rescanning", len(batch))
+                else:  # a lasting failure (disk, database): one line per try, not a storm
+                    log.warning(
+                        "indexing failed again (%d); next rescan in %.0fs", failures, pause_s
+                    )
                 self._queue(Change("", folder=True))
-                await asyncio.sleep(self._settle_s)
+                await asyncio.sleep(pause_s)
 
     async def _rescan_periodically(self) -> None:
         while True:
