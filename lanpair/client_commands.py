@@ -233,10 +233,12 @@ def pair(args: argparse.Namespace) -> int:
     credentials.save(paths.pairings, book)
     _out(f"Paired with {pc.name!r} at {pc.base_url} as {pc.device_name!r} ({pc.device_id}).")
     if pc.fingerprint:
-        origin = "announced on the LAN" if target.announced_key else "from the QR code"
+        origin = (
+            "announced on the LAN, the one `lanpair qr` shows"
+            if target.announced_key
+            else "from the QR code"
+        )
         _out(f"Pinned its key {pc.fingerprint} ({origin}).")
-        if target.announced_key:
-            _out("Check that `lanpair qr` on the PC shows the same fingerprint.")
     else:
         _out("Warning: this PC serves plain HTTP; nothing sent to it is encrypted.")
     _out(f"Credentials saved in {paths.pairings}.")
@@ -259,6 +261,15 @@ async def _target_by_name(name: str, code: str, fingerprint: str | None) -> Targ
     if len(matches) > 1:
         raise UnknownPC(f"Several daemons are called {name!r}; use the QR code's link instead.")
     found = matches[0]
+    if found.scheme != "https":
+        raise PinMismatch(
+            f"{name!r} serves plain HTTP: the code would cross the network unprotected. "
+            "Use the QR code's link."
+        )
+    if not fingerprint:
+        # Anyone on the LAN can announce a name: the code goes only to a key the user vouched
+        # for (the one `lanpair qr` shows on the PC), typed in or confirmed here.
+        fingerprint = _confirm_key(name, found.fingerprint)
     if fingerprint and found.fingerprint != fingerprint:
         raise PinMismatch(
             f"{name!r} announces the key {found.fingerprint}, not {fingerprint}: not pairing."
@@ -273,8 +284,21 @@ async def _target_by_name(name: str, code: str, fingerprint: str | None) -> Targ
         fingerprint=fingerprint or found.fingerprint,
         pc_id=found.device_id,
         local_name=found.server,
-        announced_key=not fingerprint,
+        announced_key=True,
     )
+
+
+def _confirm_key(name: str, announced: str | None) -> str:
+    """Ask the user to compare the announced key with the PC's; return it once they agree."""
+    if not sys.stdin.isatty():
+        raise PinMismatch(
+            "Pairing by name needs the PC's key: add --fingerprint as `lanpair qr` prints it."
+        )
+    _out(f"{name!r} announces the key {announced}.")
+    answer = input("Does `lanpair qr` on the PC show the same fingerprint? [y/N] ")
+    if answer.strip().lower() not in {"y", "yes"}:
+        raise PinMismatch("Not pairing: the keys were not confirmed to match.")
+    return announced or ""
 
 
 async def _pair(target: Target, device_name: str, client_id: str) -> PairedPC:

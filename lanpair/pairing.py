@@ -273,6 +273,7 @@ class Pairing:
         )
         for old in replaced:
             self._hub.close(old)
+            self.presence.gone(old)
         for old in replaced:
             log.info("pairing %s replaced by the same client's new pairing", old)
         return Confirmation(device=device, device_token=device_token)

@@ -161,25 +161,39 @@ def test_discover_from_the_laptop_finds_the_pc_within_a_second_with_its_fingerpr
 
 
 def test_pair_by_name_and_code_pins_the_announced_key(lan: Lan, tmp_path: Path) -> None:
-    """`lanpair pair "Test PC" --code CODE` (as `lanpair qr` prints it) finds the PC by
-    mDNS, pins the key it announces and says to compare it; a wrong --fingerprint is
-    refused."""
+    """`lanpair pair "Test PC" --code CODE --fingerprint FP` (as `lanpair qr` prints it)
+    finds the PC by mDNS and pins its key; without the fingerprint (and no one to ask) or
+    with a wrong one it refuses, and the code stays unspent."""
     pc, laptop = lan["pc"], lan["laptop"]
     daemon = start_daemon(pc, tmp_path / "data")
     client = tmp_path / "client"
     wait_announced(laptop, client, lambda found: len(found) == 1)
     shown = ok(lanpair(pc, "qr", "--data-dir", str(daemon.data_dir), client=client)).stdout
-    code = next(line for line in shown.splitlines() if "--code" in line).split()[-1]
+    words = next(line for line in shown.splitlines() if "--code" in line).split()
+    code = words[words.index("--code") + 1]
 
     wrong = lanpair(
         laptop, "pair", "Test PC", "--code", code, "--fingerprint", "A" * 43, client=client
     )
-    paired = ok(lanpair(laptop, "pair", "Test PC", "--code", code, client=client))
+    unvouched = lanpair(laptop, "pair", "Test PC", "--code", code, client=client)
+    paired = ok(
+        lanpair(
+            laptop,
+            "pair",
+            "Test PC",
+            "--code",
+            code,
+            "--fingerprint",
+            daemon.fingerprint,
+            client=client,
+        )
+    )
 
     assert wrong.returncode == 6, wrong.stderr
-    assert f"lanpair pair 'Test PC' --code {code}" in shown
-    assert f"{daemon.fingerprint} (announced on the LAN)" in paired.stdout
-    assert "`lanpair qr` on the PC shows the same fingerprint" in paired.stdout
+    assert unvouched.returncode == 6, unvouched.stderr
+    assert "--fingerprint" in unvouched.stderr
+    assert f"lanpair pair 'Test PC' --code {code} --fingerprint {daemon.fingerprint}" in shown
+    assert f"{daemon.fingerprint} (announced on the LAN" in paired.stdout
     stored = json.loads((client / "pairings.json").read_text())["pcs"][0]
     assert (stored["pc_id"], stored["fingerprint"]) == (daemon.device_id, daemon.fingerprint)
 
