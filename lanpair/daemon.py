@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ADDRESS_CHECK_S = 5.0
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
+EVENT_ID_BLOCK = 10_000_000  # event ids one run may use before they could repeat
 CERT_CHECK_S = 6 * 3600.0
 SHUTDOWN_TIMEOUT_S = 3.0
 THUMB_TIMEOUT_S = 60.0
@@ -144,7 +145,7 @@ async def _serve(
             owner_addresses=addresses,
         )
     )
-    add_lifecycle(app, _opened(store, site))
+    add_lifecycle(app, _opened(store, site, hub))
     add_lifecycle(app, pool)
     add_lifecycle(app, library)
     announcer = Announcer(settings, site)
@@ -271,10 +272,13 @@ def _raise_open_files_limit() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _opened(store: Store, site: Site) -> AsyncIterator[None]:
-    """Open the store and learn this PC's stable device id from it."""
+async def _opened(store: Store, site: Site, hub: EventHub) -> AsyncIterator[None]:
+    """Open the store; learn this PC's stable device id and where event ids go on from."""
     async with store:
         site.device_id = await store.meta("device_id", lambda: "pc_" + secrets.token_hex(6))
+        # Ids this run never shares with an earlier one, crash or not: a client back with an
+        # old id then gets a resync, never another run's events.
+        hub.start_at(await store.reserve("event_ids", EVENT_ID_BLOCK, hub.last_id + 1))
         yield
 
 

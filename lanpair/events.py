@@ -97,6 +97,12 @@ class EventHub:
         self._subscriptions: set[Subscription] = set()
         self.last_id = first - 1
 
+    def start_at(self, first_id: int) -> None:
+        """Number events from ``first_id`` on (before anything is published)."""
+        if first_id > self.last_id:
+            self._ids = itertools.count(first_id)
+            self.last_id = first_id - 1
+
     def publish(self, type_: str, data: dict[str, Any]) -> Event:
         """Send an event to every subscriber now. Loop-only; never blocks."""
         event_id, now = next(self._ids), self._clock()

@@ -114,3 +114,13 @@ async def test_an_id_from_before_a_restart_means_resync() -> None:
     assert after.subscribe(since=old_id).resync
     future = hub()
     assert future.subscribe(since=future.last_id + 5).resync
+
+
+async def test_a_hub_can_go_on_from_a_reserved_id() -> None:
+    events = hub()
+    before = events.last_id
+    events.start_at(before + 1_000)
+    first = events.publish("file.added", {}).id
+    assert first == before + 1_000
+    events.start_at(5)  # never backwards
+    assert events.publish("file.added", {}).id == first + 1

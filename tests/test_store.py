@@ -162,3 +162,12 @@ async def test_a_gallery_page_is_read_once_until_the_next_commit(tmp_path: Path)
         assert store.files._pages[query] == (store.commits, first)
         await store.meta("anything", lambda: "x")  # any commit makes the page stale
         assert store.files._pages[query][0] != store.commits
+
+
+async def test_reserved_blocks_never_repeat_across_restarts(tmp_path: Path) -> None:
+    """Event ids: each run takes a block past the last one, or the clock, if that is later."""
+    async with Store(tmp_path / "lanpair.db") as store:
+        assert await store.reserve("event_ids", 100, 5) == 5
+    async with Store(tmp_path / "lanpair.db") as store:  # a restart (or a crash) later
+        assert await store.reserve("event_ids", 100, 5) == 105
+        assert await store.reserve("event_ids", 100, 10_000) == 10_000

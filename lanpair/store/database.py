@@ -212,6 +212,22 @@ class Store:
 
         return await self.write(get_or_set)
 
+    async def reserve(self, key: str, block: int, floor: int) -> int:
+        """Return the first number of a block nobody had yet (at least ``floor``), and note
+        the block as taken, in one transaction: a crash never hands the same one out twice."""
+
+        def take(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            first = max(floor, int(row[0]) if row else 0)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, str(first + block)),
+            )
+            return first
+
+        return await self.write(take)
+
     async def add_pending(
         self, token_hash: bytes, created: datetime, expires: datetime, client_addr: str | None
     ) -> None:
