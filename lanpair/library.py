@@ -475,7 +475,7 @@ class Library:
             on_disk = {p: stat for p, stat in on_disk.items() if p not in mine}
         gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
         if gone:  # the walk is older than the index read: look again before dropping any
-            there, _writing = await asyncio.to_thread(
+            there = await asyncio.to_thread(
                 _stat_many, self.paths.root, [stat.relpath for stat in gone]
             )
             gone = [stat for stat in gone if stat.relpath not in there]
@@ -532,13 +532,11 @@ class Library:
         mine = [p for p in relpaths if self._claimed(p)]
         self._deferred.update(mine)
         relpaths = [p for p in dict.fromkeys(relpaths) if not self._claimed(p)]
-        (on_disk, writing), indexed = await asyncio.gather(
+        # A half-written file stays as indexed: _describe_many leaves it for its close.
+        on_disk, indexed = await asyncio.gather(
             asyncio.to_thread(_stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
-        for relpath in writing:  # half-written: its writer's close brings it back here
-            del on_disk[relpath]
-            indexed.pop(relpath, None)
         await self._unindex(
             [stat for relpath, stat in indexed.items() if relpath not in on_disk], announce=True
         )
@@ -558,7 +556,7 @@ class Library:
         if self._claimed(source) or self._claimed(dest):
             await self._sync_paths([source, dest])  # defers them until lanpair is done
             return
-        (on_disk, _writing), indexed = await asyncio.gather(
+        on_disk, indexed = await asyncio.gather(
             asyncio.to_thread(_stat_many, self.paths.root, [dest]),
             self._store.files.stats_of([source, dest]),
         )
@@ -579,7 +577,7 @@ class Library:
         """Carry a folder renamed by hand over to its new name, each file keeping its id."""
         before = await self._store.files.stats(source)
         renamed = {dest + relpath[len(source) :]: stat for relpath, stat in before.items()}
-        on_disk, _writing = await asyncio.to_thread(_stat_many, self.paths.root, list(renamed))
+        on_disk = await asyncio.to_thread(_stat_many, self.paths.root, list(renamed))
         folder = dest.split("/", 1)[0]
         device_id = (await self._device_folders()).get(folder)
         moved = 0
@@ -651,7 +649,7 @@ class Thumbnails:
     async def _draw(self, record: FileRecord, path: Path) -> Path | None:
         source = self._root / record.relpath
         await asyncio.to_thread(path.parent.mkdir, exist_ok=True)
-        there, _writing = await asyncio.to_thread(_stat_many, self._root, [record.relpath])
+        there = await asyncio.to_thread(_stat_many, self._root, [record.relpath])
         if record.relpath not in there:  # gone, or swapped for a symlink since it was indexed
             log.info("no thumbnail for %s: it is no longer a file of the library", record.relpath)
             return None
@@ -836,14 +834,12 @@ def _real_folder(root: Path, folder: str) -> bool:
     return True
 
 
-def _stat_many(root: Path, relpaths: list[str]) -> tuple[dict[str, tuple[int, int]], set[str]]:
-    """Return size and mtime of those paths that are files of the library, and which of
-    them someone still has open for writing (their close will be news of its own). Blocking.
+def _stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
+    """Return size and mtime of those paths that are files of the library. Blocking.
 
     A file directly in the root, a symlink, or a path through one, counts as absent.
     """
     found = {}
-    writing = set()
     for relpath in relpaths:
         folder, _, _name = relpath.rpartition("/")
         if not folder or not _real_folder(root, folder):
@@ -854,9 +850,7 @@ def _stat_many(root: Path, relpaths: list[str]) -> tuple[dict[str, tuple[int, in
             continue
         if stat_is_file(stat.st_mode):
             found[relpath] = (stat.st_size, stat.st_mtime_ns)
-            if being_written(root / relpath):
-                writing.add(relpath)
-    return found, writing
+    return found
 
 
 def being_written(path: Path) -> bool:
