@@ -29,6 +29,7 @@ from lanpair.pairing import Pairing
 from lanpair.paths import LibraryPaths, Paths
 from lanpair.server import Services, add_lifecycle, create_app, serving
 from lanpair.store import Store
+from lanpair.tasks import spawn
 from lanpair.watcher import WatchMode
 from lanpair.workers import WorkerPool
 
@@ -379,19 +380,13 @@ class Announcer:
 @contextlib.asynccontextmanager
 async def background(coro: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
     """Run ``coro`` as a named task for the duration of the block; log how it ends."""
-    task = asyncio.create_task(coro, name=name)
-    task.add_done_callback(_log_task_end)
+    task = spawn(coro, name)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _log_task_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ from lanpair.names import UnsafeName, folder_name, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
 from lanpair.spool import HEAD_BYTES, Spool, free_bytes, human_size, pump
 from lanpair.store import FileQuery, FileStat, Indexed, Store
+from lanpair.tasks import spawn
 
 if TYPE_CHECKING:
     from lanpair.watcher import Change, WatchMode
@@ -141,7 +142,7 @@ class Library:
         self._tasks.clear()
 
     def _run_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = _spawn(coro, name)
+        task = spawn(coro, name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -681,17 +682,6 @@ class ScanReport:
 
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(func, *args, **kwargs)
-
-
-def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(coro, name=name)
-    task.add_done_callback(_log_death)
-    return task
-
-
-def _log_death(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
 def _place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:

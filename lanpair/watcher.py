@@ -36,6 +36,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from lanpair.tasks import spawn
+
 log = logging.getLogger(__name__)
 
 SETTLE_S = 0.01  # a file closed or moved in: wait this long for more news about it
@@ -135,7 +137,7 @@ class Watcher:
                 )
                 self.polling = True
         if self.polling:
-            self._tasks.append(_spawn(self._rescan_periodically(), "library-rescan"))
+            self._tasks.append(spawn(self._rescan_periodically(), "library-rescan"))
         else:
             observer = Observer()
             self._forwarder = _Forwarder(loop, self._seen)
@@ -152,8 +154,8 @@ class Watcher:
             await asyncio.to_thread(observer.start)
             self._observer = observer
             log.info("watching %s (%d folders) for files added by hand", self.root, len(folders))
-            self._tasks.append(_spawn(self._follow_folders(), "watch-folders"))
-        self._tasks.append(_spawn(self._deliver(), "library-watch"))
+            self._tasks.append(spawn(self._follow_folders(), "watch-folders"))
+        self._tasks.append(spawn(self._deliver(), "library-watch"))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -399,15 +401,3 @@ def filesystem_type(path: Path) -> str | None:
 def _unescape(field: str) -> str:
     """Undo mountinfo's octal escapes (a space is \\040)."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _spawn(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-    task = asyncio.ensure_future(coro)
-    task.set_name(name)
-    task.add_done_callback(_log_death)
-    return task
-
-
-def _log_death(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s stopped", task.get_name(), exc_info=task.exception())
