@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from lanpair.clock import to_iso
+from lanpair.models import Device
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +251,8 @@ class UploadProgress:
     def __init__(
         self,
         hub: EventHub,
+        device: Device | None,  # None: this PC's own upload
         *,
-        device_id: str | None,
-        device_name: str,
         name: str,
         total: int | None,
         upload: str | None = None,
@@ -265,8 +265,8 @@ class UploadProgress:
         self.bytes = arrived
         self._data: dict[str, Any] = {
             "upload": upload or f"up{next(self._numbers)}",
-            "device_id": device_id or "pc",
-            "device_name": device_name,
+            "device_id": device.device_id if device else "pc",
+            "device_name": device.device_name if device else "this PC",
             "name": name,
             "total": total,
         }

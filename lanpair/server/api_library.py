@@ -90,13 +90,7 @@ async def _receive(
     size: int | None,
 ) -> dict[str, Any]:
     who = caller(request)
-    progress = UploadProgress(
-        request.app[HUB_KEY],
-        device_id=who.device.device_id if who.device else None,
-        device_name=who.device.device_name if who.device else "this PC",
-        name=raw_name,
-        total=size,
-    )
+    progress = UploadProgress(request.app[HUB_KEY], who.device, name=raw_name, total=size)
     try:
         name = safe_relpath(raw_name)[-1]  # browser uploads keep the base name only
         stored = await library.receive(

@@ -282,11 +282,9 @@ async def _receive(
     if request.content_length is not None and request.content_length > room:
         raise errors.BadRequest(f"Only {room} more bytes fit in this upload (Upload-Length).")
     digest = CHECKSUMS[checksum[0]]() if checksum else None
-    who = caller(request)
     progress = UploadProgress(
         request.app[HUB_KEY],
-        device_id=who.device.device_id if who.device else None,
-        device_name=who.device.device_name if who.device else "this PC",
+        caller(request).device,
         name=upload.filename,
         total=upload.length,
         upload="tus-" + hashlib.sha256(upload.id.encode()).hexdigest()[:12],
