@@ -469,32 +469,9 @@ class Library:
         indexed, on_disk = await asyncio.gather(  # read the index while walking the disk
             self._store.files.stats(folder), asyncio.to_thread(_walk, self.paths.root, folder)
         )
-        if self._claims:  # lanpair is moving some of these right now: look again after
-            mine = {p for p in indexed.keys() | on_disk.keys() if self._claimed(p)}
-            self._deferred.update(mine)
-            indexed = {p: stat for p, stat in indexed.items() if p not in mine}
-            on_disk = {p: stat for p, stat in on_disk.items() if p not in mine}
-        gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
-        if gone:  # the walk is older than the index read: look again before dropping any
-            there = await asyncio.to_thread(
-                _stat_many, self.paths.root, [stat.relpath for stat in gone]
-            )
-            gone = [stat for stat in gone if stat.relpath not in there]
-        changed = [
-            relpath
-            for relpath, (size, mtime_ns) in on_disk.items()
-            if relpath not in indexed
-            or (indexed[relpath].size, indexed[relpath].mtime_ns) != (size, mtime_ns)
-        ]
-        removed = await self._unindex(gone, announce=announce)
-        folders = await self._device_folders() if changed else {}
-        for start in range(0, len(changed), SCAN_BATCH):
-            batch = changed[start : start + SCAN_BATCH]
-            described = await asyncio.to_thread(_describe_many, self.paths.root, batch, folders)
-            for record, outcome in await self._store.files.index(described, self._clock.now()):
-                await self._announce(record, outcome, announce=announce)
+        added, removed = await self._reconcile(indexed, on_disk, announce=announce)
         took = timedelta(seconds=time.monotonic() - started)
-        report = ScanReport(len(on_disk), len(changed), removed, took)
+        report = ScanReport(len(on_disk), added, removed, took)
         if folder == "" or report.added or report.removed:
             log.info(
                 "library scan%s: %d files, %d new or changed, %d gone (%.1fs)",
@@ -530,27 +507,50 @@ class Library:
 
     async def _sync_paths(self, relpaths: list[str]) -> None:
         """Index, update or drop each of these files as the disk now has it."""
-        mine = [p for p in relpaths if self._claimed(p)]
-        self._deferred.update(mine)
-        relpaths = [p for p in dict.fromkeys(relpaths) if not self._claimed(p)]
-        # A half-written file stays as indexed: _describe_many leaves it for its close.
+        relpaths = list(dict.fromkeys(relpaths))
         on_disk, indexed = await asyncio.gather(
             asyncio.to_thread(_stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
-        await self._unindex(
-            [stat for relpath, stat in indexed.items() if relpath not in on_disk], announce=True
-        )
+        await self._reconcile(indexed, on_disk, announce=True)
+
+    async def _reconcile(
+        self,
+        indexed: dict[str, FileStat],
+        on_disk: dict[str, tuple[int, int]],
+        *,
+        announce: bool,
+    ) -> tuple[int, int]:
+        """Make the index say what the disk has for these paths; return how many files were
+        new or changed, and how many gone.
+
+        Paths lanpair is changing right now are set aside and looked at again afterwards. A
+        half-written file stays as indexed: _describe_many leaves it for its writer's close.
+        """
+        if self._claims:
+            mine = {p for p in indexed.keys() | on_disk.keys() if self._claimed(p)}
+            self._deferred.update(mine)
+            indexed = {p: stat for p, stat in indexed.items() if p not in mine}
+            on_disk = {p: stat for p, stat in on_disk.items() if p not in mine}
+        gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
+        if gone:  # the disk was read before the index: look again before dropping any
+            there = await asyncio.to_thread(
+                _stat_many, self.paths.root, [stat.relpath for stat in gone]
+            )
+            gone = [stat for stat in gone if stat.relpath not in there]
         changed = [
             relpath
             for relpath, stat in on_disk.items()
             if relpath not in indexed or (indexed[relpath].size, indexed[relpath].mtime_ns) != stat
         ]
-        if changed:
-            folders = await self._device_folders()
-            described = await asyncio.to_thread(_describe_many, self.paths.root, changed, folders)
+        removed = await self._unindex(gone, announce=announce)
+        folders = await self._device_folders() if changed else {}
+        for start in range(0, len(changed), SCAN_BATCH):
+            batch = changed[start : start + SCAN_BATCH]
+            described = await asyncio.to_thread(_describe_many, self.paths.root, batch, folders)
             for record, outcome in await self._store.files.index(described, self._clock.now()):
-                await self._announce(record, outcome, announce=True)
+                await self._announce(record, outcome, announce=announce)
+        return len(changed), removed
 
     async def _follow_move(self, source: str, dest: str) -> None:
         """Carry a file moved by hand over to its new path, keeping its id."""
