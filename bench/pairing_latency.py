@@ -53,9 +53,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from procfs import cpu_seconds, machine
 
-from lanpair.client import SpkiPin
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from aiohttp_pin import SpkiPin
+from procfs import cpu_seconds, machine
 
 WARMUP = 20
 CLAIMS_MS = {"generate": 50.0, "confirm": 20.0}  # what the seed said the calls take

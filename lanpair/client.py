@@ -1,9 +1,11 @@
 """Talk to a lanpair daemon over its HTTP API, pinning its key; nothing else.
 
 ``ApiClient.call`` makes JSON calls; ``request`` streams (downloads); the ``tus_*``
-methods are a tus 1.0.0 client (core, creation) for resumable uploads. tuspy, the stock
-tus client, is synchronous and built on requests: it is only a test dependency, a second
-implementation the daemon's tus server is checked against.
+methods are a tus 1.0.0 client (core, creation) for resumable uploads. Each request runs
+on a kept-alive ``pinned.Connection`` in a thread, so a transfer costs one thread hop
+per request, not one per chunk, and the client side never imports aiohttp. tuspy, the
+stock tus client, is synchronous and built on requests: it is only a test dependency,
+a second implementation the daemon's tus server is checked against.
 """
 
 from __future__ import annotations
@@ -11,50 +13,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
+import http.client
 import json
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp.client_reqrep import Fingerprint
-
-from lanpair.errors import DaemonNotRunning, PinMismatch, RemoteError, Unreachable
+from lanpair.errors import DaemonNotRunning, RemoteError, Unreachable
 from lanpair.paths import Paths
-from lanpair.pinned import pin_digest, spki_digest
+from lanpair.pinned import BLOCK_BYTES, Connection, Readable
 
-TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
+TIMEOUT_S = 30.0
 TUS_VERSION = "1.0.0"
-
-
-class SpkiPin(Fingerprint):
-    """Accept a TLS server only if its public key hashes to the pinned fingerprint.
-
-    Checked after the handshake and before a single byte of the request is sent.
-    """
-
-    def __init__(self, fingerprint: str) -> None:
-        super().__init__(pin_digest(fingerprint))
-        self.expected = fingerprint
-
-    def check(self, transport: asyncio.Transport) -> None:
-        """Refuse the connection unless the peer's key is the pinned one."""
-        sslobj = transport.get_extra_info("ssl_object")
-        if sslobj is None:
-            return
-        der = sslobj.getpeercert(binary_form=True) or b""
-        try:
-            got = spki_digest(der)
-        except ValueError:
-            got = b""
-        if not hmac.compare_digest(got, self.fingerprint):
-            host, port, *_ = transport.get_extra_info("peername")
-            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
+MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +64,7 @@ def _alive(pid: int) -> bool:
 
 
 class ApiClient:
-    """A small JSON client for one daemon, pinned to its key when it speaks HTTPS."""
+    """A client for one daemon: a few kept-alive connections, pinned when it speaks HTTPS."""
 
     def __init__(
         self,
@@ -97,24 +72,26 @@ class ApiClient:
         *,
         fingerprint: str | None = None,
         token: str | None = None,
-        local_addr: tuple[str, int] | None = None,
-        timeout: aiohttp.ClientTimeout = TIMEOUT,
+        source_address: tuple[str, int] | None = None,
+        timeout_s: float = TIMEOUT_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._pin = SpkiPin(fingerprint) if fingerprint else None
+        parts = urlsplit(self.base_url)
+        self._scheme = parts.scheme
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._fingerprint = fingerprint
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._local_addr = local_addr
-        self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._source_address = source_address
+        self._timeout_s = timeout_s
+        self._idle: list[Connection] = []
+        self._open = False
 
     async def __aenter__(self) -> Self:
-        """Open the connection pool."""
-        connector = aiohttp.TCPConnector(local_addr=self._local_addr)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers
-        )
+        """Start taking requests."""
+        self._open = True
         return self
 
     async def __aexit__(
@@ -123,9 +100,11 @@ class ApiClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Close the connection pool."""
-        if self._session is not None:
-            await self._session.close()
+        """Close the kept-alive connections."""
+        self._open = False
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; return the decoded JSON. Raises RemoteError, PinMismatch."""
@@ -133,14 +112,9 @@ class ApiClient:
             async with self.request(
                 method, path, json_body=body if body is not None or method != "GET" else None
             ) as response:
-                try:
-                    data = await response.json(content_type=None)
-                except ValueError:
-                    data = None
+                data = await response.json()
         except Unreachable as exc:
             raise RemoteError(exc.message) from exc
-        except aiohttp.ClientError as exc:
-            raise RemoteError(f"The lanpair daemon at {self.base_url} failed: {exc}") from exc
         if data is None:
             raise RemoteError(f"HTTP {response.status}", status=response.status)
         return data
@@ -152,37 +126,81 @@ class ApiClient:
         path: str,
         *,
         headers: Mapping[str, str] | None = None,
-        data: Any = None,
+        body: bytes | Readable | None = None,
         json_body: Any = None,
         ok: tuple[int, ...] = (),
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request and yield its response for streaming.
+        answer_timeout_s: float | None = None,
+    ) -> AsyncIterator[Response]:
+        """Send one request and yield its response, to be read inside the block.
 
-        A status of 400 or more raises RemoteError unless listed in ``ok``; a refused
-        key raises PinMismatch; no connection raises Unreachable.
+        ``body``: bytes, or a file object read a block at a time (give Content-Length).
+        A status of 400 or more raises RemoteError unless listed in ``ok``; a refused key
+        raises PinMismatch; no connection, or nothing moving for the timeout, raises
+        Unreachable.
         """
-        if self._session is None:
+        if not self._open:
             raise RuntimeError("ApiClient is not open")
-        if self.base_url.startswith("https:") and self._pin is None:
-            raise PinMismatch("No fingerprint to pin this HTTPS server to.")
+        sent = dict(self._headers, **(headers or {}))
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            sent["Content-Type"] = "application/json"
+        if isinstance(body, bytes) or (body is None and method in ("POST", "PUT", "PATCH")):
+            sent["Content-Length"] = str(len(body or b""))
+        connection = self._idle.pop() if self._idle else self._connection()
+        response: Response | None = None
         try:
-            async with self._session.request(
-                method,
-                self.base_url + path,
-                headers=headers,
-                data=data,
-                json=json_body,
-                ssl=self._pin if self._pin else True,
-            ) as response:
-                if response.status >= 400 and response.status not in ok:
-                    raise await _remote_error(response)
-                yield response
-        except aiohttp.ServerFingerprintMismatch:
-            raise PinMismatch() from None
-        except aiohttp.ClientConnectorError as exc:
-            raise Unreachable(
-                f"Cannot reach the lanpair daemon at {self.base_url}: {exc.os_error}"
-            ) from exc
+            try:
+                raw = await self._blocking(
+                    connection,
+                    connection.exchange,
+                    method,
+                    path,
+                    sent,
+                    body,
+                    answer_timeout_s=answer_timeout_s,
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(exc) from None
+            response = Response(raw, connection, self)
+            if raw.status >= 400 and raw.status not in ok:
+                raise await _remote_error(response)
+            yield response
+        finally:
+            if response is not None and response.finished and connection.usable and self._open:
+                self._idle.append(connection)
+            else:
+                connection.close()
+
+    def _connection(self) -> Connection:
+        return Connection(
+            self._scheme,
+            self._host,
+            self._port,
+            fingerprint=self._fingerprint,
+            timeout_s=self._timeout_s,
+            source_address=self._source_address,
+        )
+
+    def _unreachable(self, exc: BaseException) -> Unreachable:
+        if isinstance(exc, TimeoutError):
+            return Unreachable(
+                f"The lanpair daemon at {self.base_url} sent or took nothing for "
+                f"{self._timeout_s:g} s."
+            )
+        if isinstance(exc, http.client.HTTPException):
+            return Unreachable(f"The lanpair daemon at {self.base_url} broke off: {exc!r}")
+        return Unreachable(f"Cannot reach the lanpair daemon at {self.base_url}: {exc}")
+
+    @staticmethod
+    async def _blocking(
+        connection: Connection, work: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Any:
+        """Run ``work`` in a thread; if the caller is cancelled, cut the connection under it."""
+        try:
+            return await asyncio.to_thread(work, *args, **kw)
+        except asyncio.CancelledError:
+            connection.abort()
+            raise
 
     async def tus_create(self, length: int, metadata: Mapping[str, str]) -> str:
         """Create a resumable upload of ``length`` bytes; return its path on the server."""
@@ -193,6 +211,7 @@ class ApiClient:
         }
         async with self.request("POST", "/api/tus/", headers=headers) as response:
             location = response.headers.get("Location", "")
+            await response.read()
         path = urlsplit(location).path
         if response.status != 201 or not path.startswith("/api/tus/"):
             raise RemoteError(f"The PC answered the upload's creation with {response.status}.")
@@ -202,27 +221,96 @@ class ApiClient:
         """Return how many bytes of an upload the server has; None if it has no such upload."""
         headers = {"Tus-Resumable": TUS_VERSION}
         async with self.request("HEAD", location, headers=headers, ok=(404, 410)) as response:
+            await response.read()
             if response.status in (404, 410):
                 return None
             return _offset(response)
 
     async def tus_append(
-        self, location: str, offset: int, body: AsyncIterable[bytes], length: int
+        self,
+        location: str,
+        offset: int,
+        body: Readable,
+        length: int,
+        *,
+        answer_timeout_s: float | None = None,
     ) -> TusAnswer:
-        """Send ``length`` bytes at ``offset`` in one PATCH; return where the upload stands."""
+        """Send ``length`` bytes of ``body`` at ``offset`` in one PATCH; return where the
+        upload stands. ``answer_timeout_s``: how long the PC may take to file a finished one."""
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Offset": str(offset),
             "Content-Type": "application/offset+octet-stream",
             "Content-Length": str(length),
         }
-        async with self.request("PATCH", location, headers=headers, data=body) as response:
+        async with self.request(
+            "PATCH", location, headers=headers, body=body, answer_timeout_s=answer_timeout_s
+        ) as response:
+            await response.read()
             file_id = response.headers.get("Lanpair-File-Id", "")
             return TusAnswer(
                 offset=_offset(response),
                 file_id=int(file_id) if file_id.isdigit() else None,
                 duplicate=response.headers.get("Lanpair-Duplicate") == "true",
+                sha256=response.headers.get("Lanpair-Sha256") or None,
             )
+
+
+class Response:
+    """A response whose body is read in the connection's thread."""
+
+    def __init__(
+        self, raw: http.client.HTTPResponse, connection: Connection, api: ApiClient
+    ) -> None:
+        self._raw = raw
+        self._connection = connection
+        self._api = api
+        self.status = raw.status
+        self.headers = raw.headers
+
+    @property
+    def finished(self) -> bool:
+        """Whether the whole body has been read (the connection can take the next request)."""
+        return self._raw.isclosed()
+
+    async def read(self, limit: int = MAX_JSON_BYTES) -> bytes:
+        """Return the whole body (at most ``limit`` bytes, else Unreachable)."""
+        try:
+            data: bytes = await self._api._blocking(self._connection, self._raw.read, limit + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._api._unreachable(exc) from None
+        if len(data) > limit:
+            raise Unreachable(f"The answer from {self._api.base_url} is too large.")
+        return data
+
+    async def json(self) -> Any:
+        """Return the decoded JSON body; None if there is none or it is not JSON."""
+        data = await self.read()
+        try:
+            return json.loads(data) if data.strip() else None
+        except ValueError:
+            return None
+
+    async def save_to(self, sink: BinaryIO, on_bytes: Callable[[int], None]) -> int:
+        """Write the body to ``sink`` a block at a time; return how many bytes came.
+
+        ``on_bytes`` hears of each block on the event loop, as it lands.
+        """
+        loop = asyncio.get_running_loop()
+        raw = self._raw
+
+        def copy() -> int:
+            total = 0
+            while block := raw.read(BLOCK_BYTES):
+                sink.write(block)
+                total += len(block)
+                loop.call_soon_threadsafe(on_bytes, len(block))
+            return total
+
+        try:
+            return int(await self._api._blocking(self._connection, copy))
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._api._unreachable(exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +320,7 @@ class TusAnswer:
     offset: int
     file_id: int | None
     duplicate: bool
+    sha256: str | None = None  # what the PC hashed, once the upload is finished
 
 
 def encode_metadata(metadata: Mapping[str, str]) -> str:
@@ -241,18 +330,16 @@ def encode_metadata(metadata: Mapping[str, str]) -> str:
     )
 
 
-def _offset(response: aiohttp.ClientResponse) -> int:
+def _offset(response: Response) -> int:
     text = response.headers.get("Upload-Offset", "")
     if not text.isdigit():
         raise RemoteError("The PC's answer has no Upload-Offset.", status=response.status)
     return int(text)
 
 
-async def _remote_error(response: aiohttp.ClientResponse) -> RemoteError:
+async def _remote_error(response: Response) -> RemoteError:
     """Return the error a failed response describes (the daemon's JSON envelope)."""
-    data: Any = None
-    with contextlib.suppress(ValueError, aiohttp.ClientError):
-        data = await response.json(content_type=None)
+    data = await response.json()
     error = data if isinstance(data, dict) else {}
     return RemoteError(
         str(error.get("message") or f"HTTP {response.status}"),

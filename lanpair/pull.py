@@ -23,7 +23,6 @@ from lanpair.client import ApiClient
 from lanpair.errors import RemoteError, Unreachable
 from lanpair.names import UnsafeName, numbered, safe_name
 from lanpair.transfer import (
-    CHUNK_BYTES,
     RETRY_PAUSE_S,
     STALL_TIMEOUT_S,
     Meter,
@@ -157,9 +156,9 @@ def _part(target: Path) -> Path:
 async def _download(
     api: ApiClient, dest: Path, fetch: _Fetch, meter: Meter, stall_s: float
 ) -> None:
-    """Fetch one file into its part file (continuing one), then rename it into place."""
-    import aiohttp
+    """Fetch one file into its part file (continuing one), then rename it into place.
 
+    A stall is the connection's own timeout (``stall_s`` without a byte)."""
     target = dest / fetch.relpath
     part = _part(target)
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
@@ -173,11 +172,9 @@ async def _download(
         have = found if found and found > 0 else 0
         headers = {"Range": f"bytes={have}-"} if 0 < have < fetch.size else {}
         try:
-            async with asyncio.timeout(None) as guard:
-                guard.reschedule(asyncio.get_running_loop().time() + stall_s)
-                await _receive(api, fetch, part, have, headers, meter, guard, stall_s)
+            await _receive(api, fetch, part, have, headers, meter)
             break
-        except (TimeoutError, aiohttp.ClientError, OSError, Unreachable) as exc:
+        except (OSError, Unreachable) as exc:
             if fetch.moved > moved_before:
                 last_moved, pauses = time.monotonic(), iter(RETRY_PAUSE_S)
             if time.monotonic() - last_moved > stall_s:
@@ -197,23 +194,21 @@ async def _receive(
     have: int,
     headers: dict[str, str],
     meter: Meter,
-    guard: asyncio.Timeout,
-    stall_s: float,
 ) -> None:
-    """Stream the file's bytes into ``part`` (counted in ``fetch.moved``)."""
-    loop = asyncio.get_running_loop()
+    """Stream the file's bytes into ``part`` (counted in ``fetch.moved``), then fsync it."""
     path = f"/files/{fetch.item['id']}"
+
+    def landed(n_bytes: int) -> None:
+        fetch.moved += n_bytes
+        meter.advance(n_bytes)
+
     async with api.request("GET", path, headers=headers) as response:
         appending = response.status == 206 and have > 0
         if not appending and have:
             meter.advance(-have)  # the PC sent the whole file: count the part's bytes again
         sink = await asyncio.to_thread(part.open, "ab" if appending else "wb")
         try:
-            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                await asyncio.to_thread(sink.write, chunk)
-                fetch.moved += len(chunk)
-                meter.advance(len(chunk))
-                guard.reschedule(loop.time() + stall_s)
+            await response.save_to(sink, landed)
             await asyncio.to_thread(sink.flush)
             await asyncio.to_thread(os.fsync, sink.fileno())
         finally:

@@ -4,16 +4,17 @@ A folder keeps its own name as the first part of each file's relative path
 (``lanpair push ~/Photos/Trip`` sends ``Trip/day 1/a.jpg``, stored under the device's
 folder on the PC); hidden files inside folders are left out. ``/api/sync`` first says
 which files the PC lacks; those go over tus, one PATCH per file from wherever the PC's
-copy stands, the bytes read from disk a MiB at a time (read ahead in a thread while the
-last MiB is sent). Each upload's URL is written to the push state file as soon as it
-exists, so a run that was cut off asks the PC (HEAD) how far it got and goes on from
-there; finished files are found by the sync and never sent again.
+copy stands, read from disk and sent a MiB at a time by one thread per file. Each
+upload's URL is written to the push state file as soon as it exists, so a run that was
+cut off asks the PC (HEAD) how far it got and goes on from there; finished files are
+found by the sync and never sent again.
 
 Hashes. The manifest and the upload's metadata carry each file's SHA-256 when it is
 known before sending: files up to ``PREHASH_MAX_BYTES`` are hashed first (then a copy
 under another name is skipped too), bigger ones are hashed in the same read as they are
 sent — hashing 1 GiB first would cost ~0.8 s before the first byte moves — and every
-hash is kept in the state file (by path, size and mtime) for the next run.
+hash is kept in the state file (by path, size and mtime) for the next run. The PC
+answers a finished upload with the hash of what it stored; a difference is reported.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lanpair.client import ApiClient, TusAnswer
 from lanpair.errors import BadRequest, RemoteError, Unreachable
@@ -290,8 +291,13 @@ async def _send_file(
             continue
         entry.pop("upload", None)
         entry.pop("offset", None)
-        if digest is not None:
-            entry["sha256"] = digest.hexdigest()
+        sent = digest.hexdigest() if digest is not None else sha256
+        if sent and answer.sha256 and sent != answer.sha256:
+            raise RemoteError(
+                f"The PC's copy differs from what was sent (SHA-256 {answer.sha256[:12]}… "
+                f"instead of {sent[:12]}…): delete it there and push again."
+            )
+        entry["sha256"] = sent or answer.sha256
         await state.save(soon=True)
         return answer
 
@@ -306,15 +312,13 @@ class _Retry(Exception):
 
 async def _create(api: ApiClient, length: int, metadata: dict[str, str], stall_s: float) -> str:
     """Create an upload; a connection failure is one more retry."""
-    import aiohttp
-
     try:
         async with asyncio.timeout(stall_s):
             return await api.tus_create(length, metadata)
     except TimeoutError:
         raise _Retry(f"no answer for {stall_s:g} s") from None
-    except (aiohttp.ClientError, OSError, Unreachable) as exc:
-        raise _Retry(str(exc) or type(exc).__name__) from None
+    except Unreachable as exc:
+        raise _Retry(exc.message) from None
     except RemoteError as exc:
         if exc.status in (409, 423, 500, 502, 503, 504):
             raise _Retry(exc.message) from None
@@ -328,34 +332,36 @@ async def _patch(
     digest: Any,
     meter: Meter,
     stall_s: float,
-) -> Any:
-    """One PATCH from ``send.offset`` to the end of the file; a stall or a broken
-    connection raises _Retry."""
-    import aiohttp
-
+) -> TusAnswer:
+    """One PATCH from ``send.offset`` to the end of the file; a stall (the connection's
+    timeout) or a broken connection raises _Retry."""
     loop = asyncio.get_running_loop()
     start = send.offset
+    position = start
 
-    async def body() -> AsyncIterator[bytes]:
-        position = start
-        async for chunk in read_chunks(send.file.path, start, digest):
-            guard.reschedule(loop.time() + stall_s)
-            yield chunk
-            position += len(chunk)
-            if position > send.counted:  # bytes sent again after a retry count once
-                meter.advance(position - send.counted)
-                send.moved += position - send.counted
-                send.counted = position
-        # all sent: the PC now checks and files it (and fsyncs it) before it answers
-        guard.reschedule(loop.time() + max(stall_s, FINISH_WAIT_S))
+    def sent(n_bytes: int) -> None:
+        nonlocal position
+        position += n_bytes
+        if position > send.counted:  # bytes sent again after a retry count once
+            meter.advance(position - send.counted)
+            send.moved += position - send.counted
+            send.counted = position
 
     try:
-        async with asyncio.timeout(stall_s) as guard:
-            answer = await api.tus_append(location, start, body(), send.file.size - start)
-    except TimeoutError:
-        raise _Retry(f"nothing moved for {stall_s:g} s") from None  # e.g. a cut cable
-    except (aiohttp.ClientError, OSError, Unreachable) as exc:
-        raise _Retry(str(exc) or type(exc).__name__) from None
+        source = await asyncio.to_thread(_open_at, send.file.path, start)
+        try:
+            body = _Reading(source, digest, lambda n: loop.call_soon_threadsafe(sent, n))
+            answer = await api.tus_append(
+                location,
+                start,
+                body,
+                send.file.size - start,
+                answer_timeout_s=max(stall_s, FINISH_WAIT_S),  # the PC files it, then answers
+            )
+        finally:
+            source.close()
+    except (Unreachable, OSError) as exc:  # e.g. a cut cable; OSError: reading the file
+        raise _Retry(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from None
     except RemoteError as exc:
         if exc.status in (409, 423, 500, 502, 503, 504):
             raise _Retry(exc.message) from None
@@ -366,41 +372,37 @@ async def _patch(
     return answer
 
 
-async def read_chunks(path: Path, offset: int, digest: Any = None) -> AsyncIterator[bytes]:
-    """Yield a file's bytes from ``offset`` a MiB at a time, reading the next while one is
-    sent; feed them to ``digest`` too (in the reading thread)."""
-    loop = asyncio.get_running_loop()
-    source = await asyncio.to_thread(path.open, "rb")
-    pending: asyncio.Future[bytes] | None = None
-    try:
-        await asyncio.to_thread(source.seek, offset)
+def _open_at(path: Path, offset: int) -> BinaryIO:
+    source = path.open("rb")
+    source.seek(offset)
+    return source
 
-        def read() -> bytes:
-            data = source.read(CHUNK_BYTES)
-            if digest is not None:
-                digest.update(data)
-            return data
 
-        pending = loop.run_in_executor(None, read)
-        while data := await pending:
-            pending = loop.run_in_executor(None, read)
-            yield data
-        pending = None
-    finally:
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await pending
-        await asyncio.to_thread(source.close)
+class _Reading:
+    """A file read for sending: each block is hashed (when ``digest``) and counted as it
+    goes out, in the sending thread."""
+
+    def __init__(self, source: BinaryIO, digest: Any, on_bytes: Callable[[int], Any]) -> None:
+        self._source = source
+        self._digest = digest
+        self._on_bytes = on_bytes
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Return the next block."""
+        data = self._source.read(size)
+        if self._digest is not None:
+            self._digest.update(data)
+        if data:
+            self._on_bytes(len(data))
+        return data
 
 
 async def _offset_or_none(api: ApiClient, location: str, limit_s: float) -> int | None:
     """Return where an upload stands; None if the PC does not say (or has no such upload)."""
-    import aiohttp
-
     try:
         async with asyncio.timeout(limit_s):
             return await api.tus_offset(location)
-    except (TimeoutError, aiohttp.ClientError, OSError, RemoteError, Unreachable):
+    except (TimeoutError, RemoteError, Unreachable):
         return None
 
 

@@ -163,15 +163,11 @@ async def run_all(
 
 async def guarded(call: Awaitable[T], limit_s: float) -> T:
     """Await a request whose failure ends the transfer (no answer in ``limit_s``: too)."""
-    import aiohttp
-
     try:
         async with asyncio.timeout(limit_s):
             return await call
     except TimeoutError:
         raise Unreachable(f"The PC did not answer within {limit_s:g} s.") from None
-    except aiohttp.ClientError as exc:
-        raise Unreachable(f"The connection to the PC failed: {exc}") from None
     except RemoteError as exc:
         raise classify(exc) from None
 

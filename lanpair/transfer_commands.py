@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lanpair import credentials
 from lanpair.credentials import ClientPaths, PairedPC
 from lanpair.errors import TransferIncomplete
-from lanpair.locate import REACH_TIMEOUT_S, reach
+from lanpair.locate import reach
 from lanpair.spool import human_size
 
 if TYPE_CHECKING:
@@ -124,7 +124,9 @@ def _transfer(
     pc = credentials.load(paths.pairings).pick(wanted)
     bar = Bar("Sending" if verb == "push" else "Fetching")
     try:
-        summary, pc = asyncio.run(_transfer_async(pc, paths.pairings, args.mdns, bar, run))
+        summary, pc = asyncio.run(
+            _transfer_async(pc, paths.pairings, args.mdns, args.timeout, bar, run)
+        )
     finally:
         bar.close()
     credentials.update(paths.pairings, pc.pc_id, last_sync=credentials.now_iso())
@@ -146,20 +148,18 @@ async def _transfer_async(
     pc: PairedPC,
     book_path: Path,
     use_mdns: bool,
+    stall_s: float,
     bar: Bar,
     run: Callable[[Any, PairedPC, Bar], Awaitable[Summary]],
 ) -> tuple[Summary, PairedPC]:
-    import aiohttp
-
     from lanpair.client import ApiClient
 
     reached = await reach(pc, book_path, use_mdns=use_mdns)
     if reached.moved_from:
         _err(f"{pc.name!r} moved to {reached.pc.base_url} (found by mDNS); address updated.")
     pc = reached.pc
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=REACH_TIMEOUT_S * 2, sock_read=60)
     async with ApiClient(
-        pc.base_url, fingerprint=pc.fingerprint, token=pc.token, timeout=timeout
+        pc.base_url, fingerprint=pc.fingerprint, token=pc.token, timeout_s=stall_s
     ) as api:
         return await run(api, pc, bar), pc
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp_pin import SpkiPin
 from lan import Lan
 
 from lanpair import tls
-from lanpair.client import SpkiPin
 from lanpair.clock import ManualClock
 from lanpair.events import EventHub
 from lanpair.library import Library

@@ -59,8 +59,14 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+def test_the_client_side_never_loads_the_server_stack() -> None:
+    """push and pull start as fast as discover: the client side is the standard library."""
+    loaded = loaded_after("import lanpair.transfer_commands, lanpair.push, lanpair.pull")
+    assert not loaded & {"aiohttp", "PIL", "cryptography", "segno", "watchdog", "zeroconf"}
+
+
 def test_only_the_server_package_imports_aiohttp_web() -> None:
-    """aiohttp.web lives in lanpair/server/ alone; the client side uses aiohttp's client only."""
+    """aiohttp.web lives in lanpair/server/ alone."""
     package = Path(lanpair.__file__).parent
     offenders = [
         str(path.relative_to(package))

@@ -303,9 +303,8 @@ def test_uploads_get_thumbnails_from_the_worker_processes(tmp_path: Path) -> Non
     import io
 
     import aiohttp
+    from aiohttp_pin import SpkiPin
     from PIL import Image
-
-    from lanpair.client import SpkiPin
 
     photo = io.BytesIO()
     Image.new("RGB", (1600, 1200), "teal").save(photo, "JPEG")
