@@ -243,7 +243,9 @@ class Presence:
 class UploadProgress:
     """Publish ``upload.progress`` for one file as it arrives: every so often, and at the end.
 
-    ``bytes`` counts what arrived so far; ``total`` is the file's length when known.
+    ``bytes`` counts what arrived so far; ``total`` is the file's length when known. The
+    first word comes ``every_s`` after the start: a file done sooner (most photos on a
+    LAN) is only ever "done", with no bar to draw for it. Loop-only.
     """
 
     _numbers = itertools.count(1)
@@ -261,7 +263,7 @@ class UploadProgress:
     ) -> None:
         self._hub = hub
         self._every_s = every_s
-        self._last = -every_s
+        self._last = asyncio.get_running_loop().time()
         self.bytes = arrived
         self._data: dict[str, Any] = {
             "upload": upload or f"up{next(self._numbers)}",
@@ -272,7 +274,7 @@ class UploadProgress:
         }
 
     def add(self, n_bytes: int) -> None:
-        """Count bytes that arrived; publish if the last word is old enough. Loop-only."""
+        """Count bytes that arrived; publish if the last word is old enough."""
         self.bytes += n_bytes
         now = asyncio.get_running_loop().time()
         if now - self._last >= self._every_s:

@@ -48,7 +48,15 @@ from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
 from lanpair.names import UnsafeName, folder_name, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
-from lanpair.spool import HEAD_BYTES, Spool, free_bytes, human_size, pump
+from lanpair.spool import (
+    HEAD_BYTES,
+    WRITE_BLOCK_BYTES,
+    Spool,
+    free_bytes,
+    gather_up_to,
+    human_size,
+    pump,
+)
 from lanpair.store import FileQuery, FileStat, Indexed, Store
 from lanpair.tasks import spawn
 
@@ -240,17 +248,42 @@ class Library:
         Raises UnsafeName, BodyTooLarge, InsufficientStorage. Nothing is left behind on failure.
         """
         folder, device_id = await self.folder_of(caller)
-        if size_hint is not None:
-            await asyncio.to_thread(self.check_space, size_hint)
-        spool = await asyncio.to_thread(
-            Spool.create, self.paths.staging, self._reserve, self._max_upload
-        )
+        stream = aiter(chunks)
+        first, ended = await gather_up_to(stream, WRITE_BLOCK_BYTES)
+        if on_bytes is not None and first:
+            on_bytes(sum(map(len, first)))
+        if ended:  # a small file, here whole: write, hash and sync it in one go
+            spool, sha256 = await asyncio.to_thread(self._spool_whole, first, modified)
+        else:
+            if size_hint is not None:
+                await asyncio.to_thread(self.check_space, size_hint)
+            spool = await asyncio.to_thread(
+                Spool.create, self.paths.staging, self._reserve, self._max_upload
+            )
+        placed = False
         try:
-            await pump(chunks, spool, on_bytes)
-            sha256 = await asyncio.to_thread(spool.finish, modified)
-            return await self.settle(spool, folder, device_id, relparts, sha256)
+            if not ended:
+                await asyncio.to_thread(spool.write_all, first)
+                await pump(stream, spool, on_bytes)
+                sha256 = await asyncio.to_thread(spool.finish, modified)
+            stored = await self.settle(spool, folder, device_id, relparts, sha256)
+            placed = not stored.duplicate
+            return stored
         finally:
-            await asyncio.to_thread(spool.discard)
+            if not placed:  # refused, cut off, or a duplicate: the spool is never kept
+                await asyncio.to_thread(spool.discard)
+
+    def _spool_whole(self, pieces: list[bytes], modified: float | None) -> tuple[Spool, str]:
+        """Write a whole small file to a new spool and make it durable; return it and its
+        SHA-256. Blocking."""
+        self.check_space(sum(map(len, pieces)))
+        spool = Spool.create(self.paths.staging, self._reserve, self._max_upload)
+        try:
+            spool.write_all(pieces)
+            return spool, spool.finish(modified)
+        except BaseException:
+            spool.discard()
+            raise
 
     async def resume_spool(self, path: Path) -> Spool:
         """Open a resumable upload's partial file to append to it."""
@@ -266,28 +299,27 @@ class Library:
     ) -> Stored:
         """Put a finished spool in place (or answer the copy already there) and index it.
 
-        The spool's own file is left for the caller to discard.
+        A placed spool's own name is gone; a duplicate's is left for the caller to discard.
         """
         for existing in await self._store.files.by_sha256(sha256):
             if await asyncio.to_thread(self._still_there, existing):
                 return Stored(existing, duplicate=True)
-        relpath = await asyncio.to_thread(_place, self.paths.root, spool.path, (folder, *relparts))
-        record = await self._index(relpath, folder, device_id, sha256, spool.head)
-        log.info("stored %s (%s, %s)", relpath, record.kind.value, human_size(record.size))
+        new = await asyncio.to_thread(
+            _move_in,
+            self.paths.root,
+            spool.path,
+            (folder, *relparts),
+            folder,
+            device_id,
+            sha256,
+            spool.head,
+        )
+        record = await self._record(new)
+        log.info("stored %s (%s, %s)", record.relpath, record.kind.value, human_size(record.size))
         return Stored(record, duplicate=False)
 
-    async def _index(
-        self,
-        relpath: str,
-        folder: str,
-        device_id: str | None,
-        sha256: str | None,
-        head: bytes,
-        *,
-        file_id: int | None = None,
-    ) -> FileRecord:
-        path = self.paths.root / relpath
-        new = await asyncio.to_thread(_describe, path, relpath, folder, device_id, sha256, head)
+    async def _record(self, new: NewFile, *, file_id: int | None = None) -> FileRecord:
+        """Index a described file (under its old id, for a restore) and announce it."""
         if file_id is not None:
             record = await self._store.files.add(new, self._clock.now(), file_id=file_id)
             indexed = Indexed.ADDED
@@ -379,14 +411,18 @@ class Library:
         source = self.paths.trash / trashed.trash_name
         parts = tuple(trashed.relpath.split("/"))
         with self._claiming("/".join(parts[:-1])):  # the name is picked as it is placed
-            relpath = await asyncio.to_thread(_place, self.paths.root, source, parts)
-            await asyncio.to_thread(source.unlink)
-            await self._store.files.untrash(file_id)
-            head = await asyncio.to_thread(_read_head, self.paths.root / relpath)
-            record = await self._index(
-                relpath, trashed.folder, trashed.device_id, trashed.sha256, head, file_id=file_id
+            new = await asyncio.to_thread(
+                _move_in,
+                self.paths.root,
+                source,
+                parts,
+                trashed.folder,
+                trashed.device_id,
+                trashed.sha256,
             )
-        log.info("restored %s from the trash", relpath)
+            await self._store.files.untrash(file_id)
+            record = await self._record(new, file_id=file_id)
+        log.info("restored %s from the trash", record.relpath)
         return record
 
     async def rename(self, caller: Caller, file_id: int, new_name: str) -> FileRecord:
@@ -682,6 +718,24 @@ class ScanReport:
 
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(func, *args, **kwargs)
+
+
+def _move_in(
+    root: Path,
+    source: Path,
+    parts: tuple[str, ...],
+    folder: str,
+    device_id: str | None,
+    sha256: str | None,
+    head: bytes | None = None,
+) -> NewFile:
+    """Place ``source`` (a durable file outside the gallery) at ``root/parts`` under the
+    first free name, remove its old name, and describe it for the index. Blocking: the
+    whole move is one trip to a thread."""
+    relpath = _place(root, source, parts)
+    source.unlink()
+    path = root / relpath
+    return _describe(path, relpath, folder, device_id, sha256, head or _read_head(path))
 
 
 def _place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:

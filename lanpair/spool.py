@@ -13,7 +13,7 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 
 from lanpair.errors import BodyTooLarge, InsufficientStorage
@@ -156,6 +156,20 @@ async def pump(
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.to_thread(spool.write_all, block))
         raise
+
+
+async def gather_up_to(chunks: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """Take chunks until ``limit`` bytes have come; return them and whether that was all."""
+    taken: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return taken, True
+        taken.append(chunk)
+        size += len(chunk)
+    return taken, False
 
 
 def free_bytes(path: Path) -> int:

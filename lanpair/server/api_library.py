@@ -28,6 +28,7 @@ from lanpair.server.middleware import (
     caller,
     field,
     json_response,
+    media_type,
     read_json,
 )
 from lanpair.store import FileQuery
@@ -35,6 +36,7 @@ from lanpair.store import FileQuery
 routes = web.RouteTableDef()
 
 READ_CHUNK_BYTES = 1 << 20
+FIRST_READ_BYTES = 64 << 10
 TLS_CHUNK_BYTES = 1 << 20
 SYNC_LIMIT_BYTES = 8 << 20
 MAX_ZIP_FILES = 10_000
@@ -52,7 +54,7 @@ PLACEHOLDERS = {
 async def upload(request: web.Request) -> web.Response:
     """Store every file of a multipart upload in the caller's folder."""
     library = request.app[LIBRARY_KEY]
-    if request.content_type != "multipart/form-data":
+    if media_type(request) != "multipart/form-data":
         raise errors.UnsupportedMediaType("Uploads are multipart/form-data.")
     if request.content_length is not None:
         await asyncio.to_thread(library.check_space, request.content_length, whole_request=True)
@@ -298,8 +300,17 @@ def trash_item(trashed: TrashedFile) -> dict[str, Any]:
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(READ_CHUNK_BYTES):
+    """Yield a part's bytes in reads that start small and double up to READ_CHUNK_BYTES.
+
+    aiohttp reads ``size`` bytes past a part's end and pushes back what it over-read: a
+    1 MiB read per 200 KiB photo copied ~6 MiB, a third of the event loop's time with 50
+    photos in one request. Small first reads end a small part cheaply; the doubling keeps
+    a big one at 1 MiB reads.
+    """
+    size = FIRST_READ_BYTES
+    while chunk := await part.read_chunk(size):
         yield chunk
+        size = min(size * 2, READ_CHUNK_BYTES)
 
 
 def _raw_filename(part: BodyPartReader) -> str | None:
@@ -373,7 +384,7 @@ def _date(text: str | None, name: str) -> datetime | None:
 
 
 async def _read_manifest(request: web.Request) -> list[dict[str, Any]]:
-    if request.content_type != "application/json":
+    if media_type(request) != "application/json":
         raise errors.UnsupportedMediaType()
     if request.content_length is not None and request.content_length > SYNC_LIMIT_BYTES:
         raise errors.BodyTooLarge("A sync manifest may be at most 8 MiB.")

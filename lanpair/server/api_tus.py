@@ -30,7 +30,7 @@ from lanpair.events import UploadProgress
 from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
-from lanpair.server.middleware import Access, access, caller
+from lanpair.server.middleware import Access, access, caller, media_type
 from lanpair.spool import FILE_MODE, Spool, pump
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ async def status(request: web.Request) -> web.Response:
 async def append(request: web.Request) -> web.Response:
     """Append bytes at Upload-Offset; the last bytes complete and store the file."""
     _check_version(request)
-    if request.content_type != "application/offset+octet-stream":
+    if media_type(request) != "application/offset+octet-stream":
         raise errors.UnsupportedMediaType(
             "PATCH takes Content-Type: application/offset+octet-stream."
         )

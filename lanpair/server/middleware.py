@@ -238,15 +238,25 @@ def _check_origin(request: web.Request, *, state_changing_only: bool) -> None:
 def _require_body(request: web.Request, kind: str) -> None:
     """Refuse bodies a cross-site form could send without a CORS preflight (CSRF)."""
     wanted = {"json": "application/json", "multipart": "multipart/form-data"}.get(kind)
-    if wanted is not None and request.content_type != wanted:
+    if wanted is not None and media_type(request) != wanted:
         raise errors.UnsupportedMediaType(
             f"This endpoint takes a {wanted} body." if wanted != "application/json" else None
         )
 
 
+def media_type(request: web.BaseRequest) -> str:
+    """Return the body's media type, lower-case, without parameters ("" if none).
+
+    Not aiohttp's ``request.content_type``: that parses with the email package (~1 ms per
+    header on a small machine) and caches by the whole header, which a multipart boundary
+    makes new on every upload: a fifth of the event loop's time with small files.
+    """
+    return request.headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
+
+
 async def read_json(request: web.Request, *, limit: int = JSON_LIMIT_BYTES) -> dict[str, Any]:
     """Read a small JSON object body. Raises UnsupportedMediaType, BodyTooLarge, BadRequest."""
-    if request.content_type != "application/json":
+    if media_type(request) != "application/json":
         raise errors.UnsupportedMediaType()
     if request.content_length is not None and request.content_length > limit:
         raise errors.BodyTooLarge(f"The request body is over {limit // 1024} KiB.")
