@@ -502,12 +502,13 @@ class Library:
         """Bring the index in line with the disk (all of it, or one folder's tree): add new
         files, update changed ones, drop vanished ones; with ``announce``, say so."""
         started = time.monotonic()
-        indexed, on_disk = await asyncio.gather(  # read the index while walking the disk
-            self._store.files.stats(folder), asyncio.to_thread(_walk, self.paths.root, folder)
-        )
-        added, removed = await self._reconcile(indexed, on_disk, announce=announce)
+        # One after the other: at the same time, the walk's GIL hand-offs around each
+        # stat() with the index read's thread made both twice as slow (1.9 s, not 1.1 s).
+        indexed = await self._store.files.stats(folder)
+        diff = await asyncio.to_thread(_walk, self.paths.root, folder, indexed)
+        added, removed = await self._reconcile(diff, announce=announce)
         took = timedelta(seconds=time.monotonic() - started)
-        report = ScanReport(len(on_disk), added, removed, took)
+        report = ScanReport(diff.files, added, removed, took)
         if folder == "" or report.added or report.removed:
             log.info(
                 "library scan%s: %d files, %d new or changed, %d gone (%.1fs)",
@@ -548,37 +549,27 @@ class Library:
             asyncio.to_thread(_stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
-        await self._reconcile(indexed, on_disk, announce=True)
+        await self._reconcile(_Diff.of(indexed, on_disk), announce=True)
 
-    async def _reconcile(
-        self,
-        indexed: dict[str, FileStat],
-        on_disk: dict[str, tuple[int, int]],
-        *,
-        announce: bool,
-    ) -> tuple[int, int]:
+    async def _reconcile(self, diff: _Diff, *, announce: bool) -> tuple[int, int]:
         """Make the index say what the disk has for these paths; return how many files were
         new or changed, and how many gone.
 
         Paths lanpair is changing right now are set aside and looked at again afterwards. A
         half-written file stays as indexed: _describe_many leaves it for its writer's close.
         """
+        changed, gone = diff.changed, diff.gone
         if self._claims:
-            mine = {p for p in indexed.keys() | on_disk.keys() if self._claimed(p)}
+            mine = {p for p in changed if self._claimed(p)}
+            mine |= {stat.relpath for stat in gone if self._claimed(stat.relpath)}
             self._deferred.update(mine)
-            indexed = {p: stat for p, stat in indexed.items() if p not in mine}
-            on_disk = {p: stat for p, stat in on_disk.items() if p not in mine}
-        gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
-        if gone:  # the disk was read before the index: look again before dropping any
+            changed = [p for p in changed if p not in mine]
+            gone = [stat for stat in gone if stat.relpath not in mine]
+        if gone:  # the disk and the index were not read at the same instant: look again
             there = await asyncio.to_thread(
                 _stat_many, self.paths.root, [stat.relpath for stat in gone]
             )
             gone = [stat for stat in gone if stat.relpath not in there]
-        changed = [
-            relpath
-            for relpath, stat in on_disk.items()
-            if relpath not in indexed or (indexed[relpath].size, indexed[relpath].mtime_ns) != stat
-        ]
         removed = await self._unindex(gone, announce=announce)
         folders = await self._device_folders() if changed else {}
         for start in range(0, len(changed), SCAN_BATCH):
@@ -829,18 +820,45 @@ def _describe_many(root: Path, relpaths: list[str], folders: dict[str, str]) -> 
     return described
 
 
-def _walk(root: Path, folder: str = "") -> dict[str, tuple[int, int]]:
-    """Return every regular file under ``root`` (or its ``folder``), skipping symlinks and
-    lanpair's folder.
+@dataclass(slots=True)
+class _Diff:
+    """How the disk differs from the index for some paths."""
 
-    Files directly in the root belong to no folder and are left out. Blocking.
+    changed: list[str]  # new or changed on disk
+    gone: list[FileStat]  # indexed, no longer on disk
+    files: int  # on disk
+
+    @classmethod
+    def of(cls, indexed: Mapping[str, FileStat], on_disk: Mapping[str, tuple[int, int]]) -> _Diff:
+        """Compare what the index says with what the disk has."""
+        changed = [
+            relpath
+            for relpath, (size, mtime_ns) in on_disk.items()
+            if (known := indexed.get(relpath)) is None
+            or known.size != size
+            or known.mtime_ns != mtime_ns
+        ]
+        gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
+        return cls(changed, gone, len(on_disk))
+
+
+def _walk(root: Path, folder: str, indexed: Mapping[str, FileStat]) -> _Diff:
+    """Walk every regular file under ``root`` (or its ``folder``), skipping symlinks and
+    lanpair's folder, and say how they differ from ``indexed``.
+
+    Files directly in the root belong to no folder and are left out. Compared as it
+    walks, so an unchanged file costs one stat and no allocation (100k files: 0.7 s on
+    one core here). Blocking.
     """
-    found: dict[str, tuple[int, int]] = {}
+    unseen = dict(indexed)
+    diff = _Diff([], [], 0)
     if folder and not _real_folder(root, folder):
-        return found
+        diff.gone = list(unseen.values())
+        return diff
     stack = [folder]
     while stack:
         prefix = stack.pop()
+        base = f"{prefix}/" if prefix else ""
         try:
             entries = os.scandir(root / prefix if prefix else root)
         except FileNotFoundError:
@@ -849,16 +867,26 @@ def _walk(root: Path, folder: str = "") -> dict[str, tuple[int, int]]:
             log.warning("cannot read folder %s: %s", prefix or root, exc.strerror)
             continue
         with entries:
-            for entry in entries:
-                relpath = f"{prefix}/{entry.name}" if prefix else entry.name
-                if entry.is_symlink() or (not prefix and entry.name == INTERNAL_DIR_NAME):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(relpath)
-                elif entry.is_file(follow_symlinks=False) and prefix:
+            for entry in entries:  # is_file and is_dir without following: no symlinks
+                if entry.is_file(follow_symlinks=False):
+                    if not prefix:
+                        continue
+                    relpath = base + entry.name
                     stat = entry.stat(follow_symlinks=False)
-                    found[relpath] = (stat.st_size, stat.st_mtime_ns)
-    return found
+                    diff.files += 1
+                    known = unseen.pop(relpath, None)
+                    if (
+                        known is None
+                        or known.size != stat.st_size
+                        or known.mtime_ns != stat.st_mtime_ns
+                    ):
+                        diff.changed.append(relpath)
+                elif entry.is_dir(follow_symlinks=False) and (
+                    prefix or entry.name != INTERNAL_DIR_NAME
+                ):
+                    stack.append(base + entry.name)
+    diff.gone = list(unseen.values())
+    return diff
 
 
 def _real_folder(root: Path, folder: str) -> bool:

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lanpair.clock import from_iso, to_iso
 from lanpair.errors import BadRequest, StoreError
@@ -43,9 +43,12 @@ class Indexed(enum.Enum):
     SAME = "same"  # the same file: the row stays (it may learn the file's hash)
 
 
-@dataclass(frozen=True, slots=True)
-class FileStat:
-    """What a rescan compares: a file's id, size and modification time (and where it was)."""
+class FileStat(NamedTuple):
+    """What a rescan compares: a file's id, size and modification time (and where it was).
+
+    A named tuple, not a dataclass: a rescan of 100k files makes 100k of them straight
+    from SQLite's rows (``_make`` is C), which took 0.5 s as dataclasses.
+    """
 
     id: int
     size: int
@@ -170,12 +173,15 @@ class FileTable:
         """Return every indexed path (under ``folder``) with its id, size and mtime."""
         params: tuple[str, ...] = ()
         if not folder:
-            sql = "SELECT relpath, id, size, mtime_ns FROM files"
+            sql = "SELECT id, size, mtime_ns, relpath FROM files"
         else:  # a range on the relpath index: "a/b/" <= relpath < "a/b0" ("0" follows "/")
-            sql = "SELECT relpath, id, size, mtime_ns FROM files WHERE relpath >= ? AND relpath < ?"
+            sql = "SELECT id, size, mtime_ns, relpath FROM files WHERE relpath >= ? AND relpath < ?"
             params = (folder + "/", folder + "0")
-        rows = await self._store.read(lambda c: c.execute(sql, params).fetchall())
-        return {row[0]: FileStat(row[1], row[2], row[3], row[0]) for row in rows}
+
+        def stats(conn: sqlite3.Connection) -> dict[str, FileStat]:
+            return {s.relpath: s for s in map(FileStat._make, conn.execute(sql, params))}
+
+        return await self._store.read(stats)
 
     async def stats_of(self, relpaths: Iterable[str]) -> dict[str, FileStat]:
         """Return the indexed stats of just these paths."""
@@ -185,10 +191,10 @@ class FileTable:
             found = {}
             for relpath in wanted:
                 row = conn.execute(
-                    "SELECT id, size, mtime_ns FROM files WHERE relpath = ?", (relpath,)
+                    "SELECT id, size, mtime_ns, relpath FROM files WHERE relpath = ?", (relpath,)
                 ).fetchone()
                 if row is not None:
-                    found[relpath] = FileStat(row[0], row[1], row[2], relpath)
+                    found[relpath] = FileStat._make(row)
             return found
 
         return await self._store.read(stats_of)
