@@ -301,16 +301,29 @@ class Response:
 
         def copy() -> int:
             total = 0
-            while block := raw.read(BLOCK_BYTES):
-                sink.write(block)
+            while True:
+                try:
+                    block = raw.read(BLOCK_BYTES)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Broken(exc) from exc
+                if not block:
+                    return total
+                sink.write(block)  # a local failure (a full disk) stays an OSError
                 total += len(block)
                 loop.call_soon_threadsafe(on_bytes, len(block))
-            return total
 
         try:
             return int(await self._api._blocking(self._connection, copy))
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._api._unreachable(exc) from None
+        except _Broken as broken:
+            raise self._api._unreachable(broken.cause) from None
+
+
+class _Broken(Exception):
+    """The connection failed while a body was read (not the file it was written to)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)

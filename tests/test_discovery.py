@@ -294,10 +294,13 @@ def test_avahi_on_the_pc_keeps_its_host_name_and_sees_the_service(lan: Lan) -> N
     assert result["elapsed_s"] < 1.0
     browsed = laptop_avahi.run("avahi-browse", "-rpt", "_lanpair._tcp").stdout
     resolved = [line.split(";") for line in browsed.splitlines() if line.startswith("=")]
-    assert {(r[2], r[6], r[7], r[8]) for r in resolved} == {
-        ("IPv4", f"{pc.hostname}.local", pc.ipv4, "8443"),
-        ("IPv6", f"{pc.hostname}.local", pc.ipv6, "8443"),
+    assert {(r[2], r[6], r[8]) for r in resolved} == {
+        ("IPv4", f"{pc.hostname}.local", "8443"),
+        ("IPv6", f"{pc.hostname}.local", "8443"),
     }
+    # The address avahi pairs with each line is whichever its cache had first (once in a
+    # full run: fd78::1 on the IPv4 line); the name's IPv4 address is checked below.
+    assert {r[7] for r in resolved} <= {pc.ipv4, pc.ipv6}
     assert all('"id=pc_pc"' in r[9] and f'"fp={FINGERPRINT}"' in r[9] for r in resolved)
     advertiser.quit()
     name = laptop_avahi.run("avahi-resolve", "-4", "-n", f"{pc.hostname}.local").stdout.split()

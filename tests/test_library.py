@@ -108,6 +108,25 @@ async def test_many_files_in_one_request_and_per_file_refusals(
     assert body["files"][0]["ok"] is False
 
 
+async def test_files_either_side_of_the_small_file_path_arrive_byte_identical(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Up to 1 MiB a file is written in one go, past it streamed; in one request, in
+    parts read 64 KiB first and doubling, every size lands whole and hashed right."""
+    sizes = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20]
+    contents = [os.urandom(size) for size in sizes]
+    status, body = await upload(
+        daemon, phone["device_token"], *((f"f{n}.bin", c) for n, c in enumerate(contents))
+    )
+    assert status == 200
+    stored = library_files(daemon)
+    for result, content in zip(body["files"], contents, strict=True):
+        assert result["ok"], result
+        assert result["sha256"] == hashlib.sha256(content).hexdigest()
+        assert stored[result["stored_as"]] == content
+    assert not list(daemon.library.paths.staging.iterdir())
+
+
 @pytest.mark.parametrize(
     ("name", "stored"),
     [
