@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import functools
 import logging
-import mimetypes
 import os
 import secrets
 import time
@@ -28,16 +25,14 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from stat import S_ISDIR as stat_is_dir
 from stat import S_ISREG as stat_is_file
 from typing import TYPE_CHECKING, Any, Self
 
-from lanpair import media, zipstream
+from lanpair import media, tree, zipstream
 from lanpair.clock import Clock, to_iso
 from lanpair.errors import (
-    BadRequest,
     BodyTooLarge,
     InsufficientStorage,
     NameTaken,
@@ -46,10 +41,9 @@ from lanpair.errors import (
 )
 from lanpair.events import EventHub
 from lanpair.models import Caller, FileRecord, Kind, NewFile, ThumbState, TrashedFile
-from lanpair.names import UnsafeName, folder_name, numbered, safe_name
+from lanpair.names import folder_name, numbered, safe_name
 from lanpair.paths import INTERNAL_DIR_NAME, LibraryPaths
 from lanpair.spool import (
-    HEAD_BYTES,
     WRITE_BLOCK_BYTES,
     Spool,
     free_bytes,
@@ -65,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_COLLISIONS = 10_000
 SCAN_BATCH = 1000
 
 
@@ -126,7 +119,7 @@ class Library:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
         self._scanned.clear()
         await asyncio.to_thread(self.paths.ensure)
-        await asyncio.to_thread(_empty, self.paths.staging)  # partials of uploads cut by a stop
+        await asyncio.to_thread(tree.empty, self.paths.staging)  # partials of uploads cut by a stop
         await asyncio.to_thread(self._thumbs.dir.mkdir, parents=True, exist_ok=True)
         for n in range(self._thumb_tasks):
             self._run_task(self._draw_thumbnails(), f"thumbnails-{n}")
@@ -305,7 +298,7 @@ class Library:
             if await asyncio.to_thread(self._still_there, existing):
                 return Stored(existing, duplicate=True)
         new = await asyncio.to_thread(
-            _move_in,
+            tree.move_in,
             self.paths.root,
             spool.path,
             (folder, *relparts),
@@ -412,7 +405,7 @@ class Library:
         parts = tuple(trashed.relpath.split("/"))
         with self._claiming("/".join(parts[:-1])):  # the name is picked as it is placed
             new = await asyncio.to_thread(
-                _move_in,
+                tree.move_in,
                 self.paths.root,
                 source,
                 parts,
@@ -505,7 +498,7 @@ class Library:
         # One after the other: at the same time, the walk's GIL hand-offs around each
         # stat() with the index read's thread made both twice as slow (1.9 s, not 1.1 s).
         indexed = await self._store.files.stats(folder)
-        diff = await asyncio.to_thread(_walk, self.paths.root, folder, indexed)
+        diff = await asyncio.to_thread(tree.walk, self.paths.root, folder, indexed)
         added, removed = await self._reconcile(diff, announce=announce)
         took = timedelta(seconds=time.monotonic() - started)
         report = ScanReport(diff.files, added, removed, took)
@@ -546,17 +539,17 @@ class Library:
         """Index, update or drop each of these files as the disk now has it."""
         relpaths = list(dict.fromkeys(relpaths))
         on_disk, indexed = await asyncio.gather(
-            asyncio.to_thread(_stat_many, self.paths.root, relpaths),
+            asyncio.to_thread(tree.stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
-        await self._reconcile(_Diff.of(indexed, on_disk), announce=True)
+        await self._reconcile(tree.Diff.of(indexed, on_disk), announce=True)
 
-    async def _reconcile(self, diff: _Diff, *, announce: bool) -> tuple[int, int]:
+    async def _reconcile(self, diff: tree.Diff, *, announce: bool) -> tuple[int, int]:
         """Make the index say what the disk has for these paths; return how many files were
         new or changed, and how many gone.
 
         Paths lanpair is changing right now are set aside and looked at again afterwards. A
-        half-written file stays as indexed: _describe_many leaves it for its writer's close.
+        half-written file stays as indexed: tree.describe_many leaves it for its writer's close.
         """
         changed, gone = diff.changed, diff.gone
         if self._claims:
@@ -567,14 +560,14 @@ class Library:
             gone = [stat for stat in gone if stat.relpath not in mine]
         if gone:  # the disk and the index were not read at the same instant: look again
             there = await asyncio.to_thread(
-                _stat_many, self.paths.root, [stat.relpath for stat in gone]
+                tree.stat_many, self.paths.root, [stat.relpath for stat in gone]
             )
             gone = [stat for stat in gone if stat.relpath not in there]
         removed = await self._unindex(gone, announce=announce)
         folders = await self._device_folders() if changed else {}
         for start in range(0, len(changed), SCAN_BATCH):
             batch = changed[start : start + SCAN_BATCH]
-            described = await asyncio.to_thread(_describe_many, self.paths.root, batch, folders)
+            described = await asyncio.to_thread(tree.describe_many, self.paths.root, batch, folders)
             for record, outcome in await self._store.files.index(described, self._clock.now()):
                 await self._announce(record, outcome, announce=announce)
         return len(changed), removed
@@ -585,7 +578,7 @@ class Library:
             await self._sync_paths([source, dest])  # defers them until lanpair is done
             return
         on_disk, indexed = await asyncio.gather(
-            asyncio.to_thread(_stat_many, self.paths.root, [dest]),
+            asyncio.to_thread(tree.stat_many, self.paths.root, [dest]),
             self._store.files.stats_of([source, dest]),
         )
         old = indexed.get(source)
@@ -605,7 +598,7 @@ class Library:
         """Carry a folder renamed by hand over to its new name, each file keeping its id."""
         before = await self._store.files.stats(source)
         renamed = {dest + relpath[len(source) :]: stat for relpath, stat in before.items()}
-        on_disk = await asyncio.to_thread(_stat_many, self.paths.root, list(renamed))
+        on_disk = await asyncio.to_thread(tree.stat_many, self.paths.root, list(renamed))
         folder = dest.split("/", 1)[0]
         device_id = (await self._device_folders()).get(folder)
         moved = 0
@@ -677,7 +670,7 @@ class Thumbnails:
     async def _draw(self, record: FileRecord, path: Path) -> Path | None:
         source = self._root / record.relpath
         await asyncio.to_thread(path.parent.mkdir, exist_ok=True)
-        there = await asyncio.to_thread(_stat_many, self._root, [record.relpath])
+        there = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
         if record.relpath not in there:  # gone, or swapped for a symlink since it was indexed
             log.info("no thumbnail for %s: it is no longer a file of the library", record.relpath)
             return None
@@ -709,251 +702,6 @@ class ScanReport:
 
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(func, *args, **kwargs)
-
-
-def _move_in(
-    root: Path,
-    source: Path,
-    parts: tuple[str, ...],
-    folder: str,
-    device_id: str | None,
-    sha256: str | None,
-    head: bytes | None = None,
-) -> NewFile:
-    """Place ``source`` (a durable file outside the gallery) at ``root/parts`` under the
-    first free name, remove its old name, and describe it for the index. Blocking: the
-    whole move is one trip to a thread."""
-    relpath = _place(root, source, parts)
-    source.unlink()
-    path = root / relpath
-    return _describe(path, relpath, folder, device_id, sha256, head or _read_head(path))
-
-
-def _place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
-    """Link ``temp`` into ``root/parts`` under the first free name; return its relpath.
-
-    Folders are walked with O_NOFOLLOW, so a symlink in the library never leads a write
-    out of it. Blocking.
-    """
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for folder in parts[:-1]:
-            child = _enter(fd, folder)
-            os.close(fd)
-            fd = child
-        for n in range(MAX_COLLISIONS):
-            name = parts[-1] if n == 0 else numbered(parts[-1], n)
-            try:
-                os.link(temp, name, dst_dir_fd=fd)
-            except FileExistsError:
-                continue
-            os.fsync(fd)
-            return "/".join((*parts[:-1], name))
-    finally:
-        os.close(fd)
-    raise BadRequest(f"Too many files are named {parts[-1]!r} in that folder.")
-
-
-def _enter(parent_fd: int, name: str) -> int:
-    """Open (creating if needed) the folder ``name`` under ``parent_fd``; never a symlink."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o755, dir_fd=parent_fd)
-    try:
-        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-    except OSError as exc:
-        raise UnsafeName(
-            f"{name!r} in the library is not a folder lanpair may write into."
-        ) from exc
-
-
-def _describe(
-    path: Path, relpath: str, folder: str, device_id: str | None, sha256: str | None, head: bytes
-) -> NewFile:
-    """Say what a file is from its content: kind, type, size, date, dimensions. Blocking."""
-    stat = path.lstat()
-    sniffed = media.sniff(head, path.name)
-    kind = Kind(sniffed.kind)
-    taken = datetime.fromtimestamp(stat.st_mtime, UTC)
-    width = height = None
-    if kind is Kind.IMAGE:
-        try:
-            info = media.probe_image(path)
-            width, height, taken = info.width, info.height, info.taken_at or taken
-        except media.MediaError as exc:
-            log.warning("cannot read %s as an image: %s", relpath, exc)
-    return NewFile(
-        relpath=relpath,
-        folder=folder,
-        device_id=device_id,
-        size=stat.st_size,
-        mtime_ns=stat.st_mtime_ns,
-        sha256=sha256,
-        kind=kind,
-        mime=sniffed.mime or mimetypes.guess_type(path.name)[0] or "application/octet-stream",
-        taken_at=taken,
-        width=width,
-        height=height,
-        thumb=ThumbState.PENDING if kind is not Kind.FILE else ThumbState.NONE,
-    )
-
-
-def _describe_many(root: Path, relpaths: list[str], folders: dict[str, str]) -> list[NewFile]:
-    """Describe files found by a scan; skip (and log) the unreadable. Blocking.
-
-    A file someone is still writing is skipped too: its writer's close is news of its own
-    to the watcher (or the next scan's).
-    """
-    described = []
-    for relpath in relpaths:
-        folder = relpath.split("/", 1)[0]
-        if being_written(root / relpath):
-            continue
-        try:
-            head = _read_head(root / relpath)
-            described.append(
-                _describe(root / relpath, relpath, folder, folders.get(folder), None, head)
-            )
-        except FileNotFoundError:
-            continue  # gone since the walk: its deletion is news of its own
-        except OSError as exc:
-            log.warning("could not index %s: %s", relpath, exc.strerror)
-    return described
-
-
-@dataclass(slots=True)
-class _Diff:
-    """How the disk differs from the index for some paths."""
-
-    changed: list[str]  # new or changed on disk
-    gone: list[FileStat]  # indexed, no longer on disk
-    files: int  # on disk
-
-    @classmethod
-    def of(cls, indexed: Mapping[str, FileStat], on_disk: Mapping[str, tuple[int, int]]) -> _Diff:
-        """Compare what the index says with what the disk has."""
-        changed = [
-            relpath
-            for relpath, (size, mtime_ns) in on_disk.items()
-            if (known := indexed.get(relpath)) is None
-            or known.size != size
-            or known.mtime_ns != mtime_ns
-        ]
-        gone = [stat for relpath, stat in indexed.items() if relpath not in on_disk]
-        return cls(changed, gone, len(on_disk))
-
-
-def _walk(root: Path, folder: str, indexed: Mapping[str, FileStat]) -> _Diff:
-    """Walk every regular file under ``root`` (or its ``folder``), skipping symlinks and
-    lanpair's folder, and say how they differ from ``indexed``.
-
-    Files directly in the root belong to no folder and are left out. Compared as it
-    walks, so an unchanged file costs one stat and no allocation (100k files: 0.7 s on
-    one core here). Blocking.
-    """
-    unseen = dict(indexed)
-    diff = _Diff([], [], 0)
-    if folder and not _real_folder(root, folder):
-        diff.gone = list(unseen.values())
-        return diff
-    stack = [folder]
-    while stack:
-        prefix = stack.pop()
-        base = f"{prefix}/" if prefix else ""
-        try:
-            entries = os.scandir(root / prefix if prefix else root)
-        except FileNotFoundError:
-            continue  # gone while walking
-        except OSError as exc:
-            log.warning("cannot read folder %s: %s", prefix or root, exc.strerror)
-            continue
-        with entries:
-            for entry in entries:  # is_file and is_dir without following: no symlinks
-                if entry.is_file(follow_symlinks=False):
-                    if not prefix:
-                        continue
-                    relpath = base + entry.name
-                    stat = entry.stat(follow_symlinks=False)
-                    diff.files += 1
-                    known = unseen.pop(relpath, None)
-                    if (
-                        known is None
-                        or known.size != stat.st_size
-                        or known.mtime_ns != stat.st_mtime_ns
-                    ):
-                        diff.changed.append(relpath)
-                elif entry.is_dir(follow_symlinks=False) and (
-                    prefix or entry.name != INTERNAL_DIR_NAME
-                ):
-                    stack.append(base + entry.name)
-    diff.gone = list(unseen.values())
-    return diff
-
-
-def _real_folder(root: Path, folder: str) -> bool:
-    """Say whether ``folder`` is a folder of the library reached without a symlink. Blocking."""
-    parts = folder.split("/")
-    if parts[0] == INTERNAL_DIR_NAME:
-        return False
-    path = root
-    for part in parts:
-        path = path / part
-        try:
-            mode = path.lstat().st_mode
-        except OSError:
-            return False
-        if not stat_is_dir(mode):
-            return False
-    return True
-
-
-def _stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
-    """Return size and mtime of those paths that are files of the library. Blocking.
-
-    A file directly in the root, a symlink, or a path through one, counts as absent.
-    """
-    found = {}
-    for relpath in relpaths:
-        folder, _, _name = relpath.rpartition("/")
-        if not folder or not _real_folder(root, folder):
-            continue
-        try:
-            stat = (root / relpath).lstat()
-        except OSError:
-            continue
-        if stat_is_file(stat.st_mode):
-            found[relpath] = (stat.st_size, stat.st_mtime_ns)
-    return found
-
-
-def being_written(path: Path) -> bool:
-    """Say whether any process has ``path`` open for writing. Blocking.
-
-    A read lease is refused (EAGAIN) exactly then; where leases are not allowed (another
-    owner's file, some filesystems) the answer is "no", and the file's close decides.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as exc:
-        return exc.errno == errno.EAGAIN
-    else:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _empty(folder: Path) -> None:
-    for leftover in folder.iterdir():
-        leftover.unlink(missing_ok=True)
-
-
-def _read_head(path: Path) -> bytes:
-    with path.open("rb") as file:
-        return file.read(HEAD_BYTES)
 
 
 def item_json(record: FileRecord) -> dict[str, Any]:
