@@ -37,3 +37,6 @@ def setup_logging(level: str) -> None:
     # and each line costs the event loop more than the request itself.
     access = logging.getLogger("aiohttp.access")
     access.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # A malformed upload is answered 400 with the reason; the parser's own warning about it
+    # would let any client write lines into the log at will.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)

@@ -651,6 +651,56 @@ async def test_odd_requests_get_4xx_never_500(daemon: Daemon, phone: dict[str, A
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": [2**63]}) == 400
 
 
+async def test_malformed_multipart_bodies_get_400_and_leave_nothing(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Truncated, nested, garbled or header-stuffed bodies are refused; a well-formed one
+    with a preamble, an epilogue and an RFC 2231 name is read as meant."""
+    boundary = "b0undary"
+    kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def part(headers: str, body: bytes) -> bytes:
+        return f"--{boundary}\r\n{headers}\r\n\r\n".encode() + body + b"\r\n"
+
+    photo = part(
+        'Content-Disposition: form-data; name="file"; filename="a.bin"', os.urandom(300_000)
+    )
+    end = f"--{boundary}--\r\n".encode()
+    refused = {
+        "truncated": photo[:-50_000],
+        "no closing boundary": photo,
+        "nested": part(
+            'Content-Disposition: form-data; name="file"\r\n'
+            "Content-Type: multipart/mixed; boundary=inner",
+            b"--inner--",
+        )
+        + end,
+        "garbled": f"--{boundary}\r\nno colon here\r\n\r\nx\r\n".encode() + end,
+        "too many headers": part("\r\n".join(f"X-{n}: {n}" for n in range(50)), b"x") + end,
+    }
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        for why, body in refused.items():
+            async with device.post("/api/upload", data=body, headers=kind) as response:
+                assert response.status == 400, why
+                assert (await response.json())["error"] == "bad_request", why
+        assert library_files(daemon) == {}
+        assert not list(daemon.library.paths.staging.iterdir())
+        fine = (
+            b"a preamble, ignored\r\n"
+            + part(
+                "Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''%C3%A9t%C3%A9.txt",
+                b"summer",
+            )
+            + end
+            + b"an epilogue, ignored"
+        )
+        async with device.post("/api/upload", data=fine, headers=kind) as response:
+            assert response.status == 200
+            [stored] = (await response.json())["files"]
+    assert stored["stored_as"].endswith("/\u00e9t\u00e9.txt")
+    assert library_files(daemon) == {stored["stored_as"]: b"summer"}
+
+
 async def test_a_compressed_sibling_is_never_served_in_place_of_a_file(
     daemon: Daemon, phone: dict[str, Any]
 ) -> None:
