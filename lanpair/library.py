@@ -308,7 +308,8 @@ class Library:
             spool.head,
         )
         record = await self._record(new)
-        log.info("stored %s (%s, %s)", record.relpath, record.kind.value, human_size(record.size))
+        # Each route says what arrived in its own words, once per request; this is detail.
+        log.debug("stored %s (%s, %s)", record.relpath, record.kind.value, human_size(record.size))
         return Stored(record, duplicate=False)
 
     async def _record(self, new: NewFile, *, file_id: int | None = None) -> FileRecord:

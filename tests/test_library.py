@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -649,6 +650,26 @@ async def test_odd_requests_get_4xx_never_500(daemon: Daemon, phone: dict[str, A
         for date in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"):
             assert await status_of(device, "GET", "/api/gallery", params={"from": date}) == 400
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": [2**63]}) == 400
+
+
+async def test_an_upload_is_one_plain_log_line(
+    daemon: Daemon, phone: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """However many files a request carries, the log says what became of them in one line."""
+    caplog.set_level(logging.INFO, logger="lanpair")
+    same = os.urandom(1000)
+    await upload(daemon, phone["device_token"], ("a.bin", same))
+    caplog.clear()
+    await upload(
+        daemon,
+        phone["device_token"],
+        ("b.bin", os.urandom(2048)),
+        ("again.bin", same),
+        ("../up.bin", b"x"),
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("lanpair.server")]
+    said = "3 files, 1 new (2.0 KiB), 1 already there, 1 refused"
+    assert lines == [f'received from "Anna\'s phone": {said}']
 
 
 async def test_malformed_multipart_bodies_get_400_and_leave_nothing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -28,10 +29,13 @@ from lanpair.server.middleware import (
     json_response,
     media_type,
     read_json,
+    sender,
 )
 from lanpair.server.multipart import FormPart, FormReader
+from lanpair.spool import human_size
 from lanpair.store import FileQuery
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 TLS_CHUNK_BYTES = 1 << 20
@@ -70,6 +74,7 @@ async def upload(request: web.Request) -> web.Response:
         modified = size = None
     if not results:
         raise errors.BadRequest("The upload holds no files.")
+    log.info("received from %s: %s", sender(request), _outcome(results))
     refused = all(not r["ok"] for r in results)
     return json_response({"files": results}, status=400 if refused else 200)
 
@@ -288,6 +293,24 @@ def trash_item(trashed: TrashedFile) -> dict[str, Any]:
         "deleted_at": to_iso(trashed.deleted_at),
         "restorable_until": to_iso(trashed.deleted_at + TRASH_KEPT),
     }
+
+
+def _outcome(results: list[dict[str, Any]]) -> str:
+    """Say what became of an upload's files, in one line for the log."""
+    stored = [r for r in results if r["ok"]]
+    new = [r for r in stored if not r["duplicate"]]
+    size = human_size(sum(r["size"] for r in new))
+    if len(results) == 1:
+        [r] = results
+        if not r["ok"]:
+            return f"{r['name']!r}, refused ({r['error']})"
+        return f"{r['stored_as']} ({r['type']}, {human_size(r['size'])})" + (
+            ", already there" if r["duplicate"] else ""
+        )
+    return (
+        f"{len(results)} files, {len(new)} new ({size}), "
+        f"{len(stored) - len(new)} already there, {len(results) - len(stored)} refused"
+    )
 
 
 def _modified(text: str) -> float | None:

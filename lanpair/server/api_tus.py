@@ -30,8 +30,8 @@ from lanpair.events import UploadProgress
 from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
-from lanpair.server.middleware import Access, access, caller, media_type
-from lanpair.spool import FILE_MODE, Spool, pump
+from lanpair.server.middleware import Access, access, caller, media_type, sender
+from lanpair.spool import FILE_MODE, Spool, human_size, pump
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -216,6 +216,15 @@ async def append(request: web.Request) -> web.Response:
         headers = {"Upload-Offset": str(spool.size), "Upload-Expires": _http_date(upload)}
         if spool.size == upload.length:
             stored = await _complete(request, library, tus, upload, spool)
+            record = stored.record
+            log.info(
+                "received from %s: %s (%s, %s, resumable)%s",
+                sender(request),
+                record.relpath,
+                record.kind.value,
+                human_size(record.size),
+                ", already there" if stored.duplicate else "",
+            )
             headers["Lanpair-File-Id"] = str(stored.record.id)
             headers["Lanpair-Sha256"] = stored.record.sha256 or ""  # to check end to end
             headers["Lanpair-Duplicate"] = "true" if stored.duplicate else "false"

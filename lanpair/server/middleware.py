@@ -110,6 +110,12 @@ def caller(request: web.Request) -> Caller:
     return who
 
 
+def sender(request: web.Request) -> str:
+    """Name who made the request, for a log line: the device's name, or this PC."""
+    device = caller(request).device
+    return repr(device.device_name) if device is not None else "this PC"
+
+
 def client_address(request: web.Request) -> str:
     """Return the peer's address as the socket saw it (forwarding headers are never read)."""
     return request.remote or "unknown"
