@@ -128,6 +128,49 @@ async def test_an_upload_resumes_after_the_connection_dies_mid_chunk(
     assert stored_bytes(daemon, "clip.mp4") == data
 
 
+async def test_a_resume_takes_over_from_a_connection_that_went_silent(
+    daemon: Daemon, phone: dict[str, Any], video: Path
+) -> None:
+    """A phone that drops off Wi-Fi leaves its PATCH open on the PC (no FIN, no RST ever
+    comes): its next PATCH stops that one, and the upload goes on from where it stands."""
+    up = uploader(
+        daemon, phone["device_token"], video, chunk_size=MiB, metadata={"filename": "clip.mp4"}
+    )
+    await asyncio.to_thread(up.upload_chunk)
+    url = up.url
+    data = await asyncio.to_thread(video.read_bytes)
+    silent = await asyncio.to_thread(
+        _send_half_a_patch, daemon, phone["device_token"], url, MiB, data[MiB : MiB + 4 * MiB]
+    )
+    headers = {**bearer(phone["device_token"]), **TUS}
+    answers = []
+    try:
+        async with daemon.session(headers=headers) as device:
+            for _ in range(100):  # the old request is storing what it got
+                async with device.head(url) as response:
+                    if int(response.headers["Upload-Offset"]) >= 2 * MiB:
+                        break
+                await asyncio.sleep(0.05)
+            async with asyncio.timeout(10):  # not: whenever TCP gives up on the old one
+                while not answers or answers[-1] == 409:  # as a tus client does: ask, send
+                    async with device.head(url) as response:
+                        offset = int(response.headers["Upload-Offset"])
+                    patch = {
+                        **headers,
+                        "Upload-Offset": str(offset),
+                        "Content-Type": "application/offset+octet-stream",
+                    }
+                    body = io.BytesIO(data[offset:])
+                    async with device.patch(url, data=body, headers=patch) as response:
+                        answers.append(response.status)
+        # 409 at most once: the stopped request stores the bytes it still held, which
+        # moves the offset past what was asked a moment before.
+        assert answers in ([204], [409, 204])
+        assert stored_bytes(daemon, "clip.mp4") == data
+    finally:
+        silent.close()
+
+
 def _send_half_a_patch(
     daemon: Daemon, token: str, url: str, offset: int, body: bytes
 ) -> ssl.SSLSocket:

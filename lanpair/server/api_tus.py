@@ -41,6 +41,7 @@ EXTENSIONS = "creation,termination,checksum,expiration"
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 LIFETIME = timedelta(hours=24)
 PURGE_EVERY_S = 3600.0
+TAKE_OVER_WAIT_S = 10.0  # how long a new PATCH waits for the old one to let go
 READ_CHUNK_BYTES = 256 * 1024
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 MAX_RELPATH_PARTS = 16
@@ -62,12 +63,20 @@ class Upload:
     expires_at: str
 
 
+class SendLock(asyncio.Lock):
+    """One request at a time sends an upload's bytes; ``sender`` is its task while it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender: asyncio.Task[Any] | None = None
+
+
 class TusStore:
     """The resumable folder: one ``<id>.part`` and one ``<id>.json`` per upload."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.locks: dict[str, SendLock] = {}
         self.spools: dict[str, Spool] = {}  # open partials, so bytes are hashed only once
 
     def part(self, upload_id: str) -> Path:
@@ -202,15 +211,16 @@ async def append(request: web.Request) -> web.Response:
     upload = await _own(request, tus)
     offset = _header_int(request, "Upload-Offset")
     checksum = _checksum(request.headers.get("Upload-Checksum"))
-    lock = tus.locks.setdefault(upload.id, asyncio.Lock())
-    if lock.locked():
-        raise errors.OffsetMismatch("Another request is already sending this upload's bytes.")
-    async with lock:
+    async with _taken_over(tus, upload.id) as lock:
         spool = tus.spools.get(upload.id) or await library.resume_spool(tus.part(upload.id))
         tus.spools[upload.id] = spool
         if offset != spool.size:
             raise errors.OffsetMismatch(f"The upload is at offset {spool.size}, not {offset}.")
-        await _receive(request, spool, upload, checksum)
+        lock.sender = asyncio.current_task()
+        try:
+            await _receive(request, spool, upload, checksum)
+        finally:
+            lock.sender = None  # filing the finished file is never cut short
         upload.expires_at = to_iso(clock.now() + LIFETIME) or ""
         await asyncio.to_thread(tus.save, upload)
         headers = {"Upload-Offset": str(spool.size), "Upload-Expires": _http_date(upload)}
@@ -238,10 +248,7 @@ async def terminate(request: web.Request) -> web.Response:
     _check_version(request)
     _library, tus, _clock = _parts(request)
     upload = await _own(request, tus)
-    lock = tus.locks.setdefault(upload.id, asyncio.Lock())
-    if lock.locked():
-        raise errors.OffsetMismatch("This upload is receiving bytes; stop that request first.")
-    async with lock:
+    async with _taken_over(tus, upload.id):
         _forget(tus, upload.id)
         await asyncio.to_thread(tus.delete, upload.id)
     return web.Response(status=204)
@@ -339,6 +346,30 @@ async def _complete(
         return await library.settle(spool, folder, device_id, relparts, sha256)
     finally:
         await asyncio.to_thread(tus.delete, upload.id)
+
+
+@contextlib.asynccontextmanager
+async def _taken_over(tus: TusStore, upload_id: str) -> AsyncIterator[SendLock]:
+    """Hold the upload's lock, stopping a request that is still sending its bytes first.
+
+    Only the device that made an upload can reach it, so a new PATCH means the old one's
+    connection is gone (a phone off Wi-Fi and back) even where TCP has not noticed: a
+    server that only receives never does, without keepalive. Waiting for it would hold
+    the resume off indefinitely; tusd releases its upload locks the same way.
+    """
+    lock = tus.locks.setdefault(upload_id, SendLock())
+    if lock.sender is not None and not lock.sender.done():
+        log.info("resumable upload %s: a new request takes over from one still open", upload_id)
+        lock.sender.cancel()
+    try:
+        async with asyncio.timeout(TAKE_OVER_WAIT_S):
+            await lock.acquire()
+    except TimeoutError:
+        raise errors.OffsetMismatch("Another request is still filing this upload.") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _forget(tus: TusStore, upload_id: str) -> None:
