@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 
 from lanpair.errors import DaemonNotRunning, RemoteError, Unreachable
 from lanpair.paths import Paths
-from lanpair.pinned import BLOCK_BYTES, Connection, Readable
+from lanpair.pinned import BLOCK_BYTES, Connection, Readable, in_thread
 
 TIMEOUT_S = 30.0
 TUS_VERSION = "1.0.0"
@@ -196,11 +197,7 @@ class ApiClient:
         connection: Connection, work: Callable[..., Any], *args: Any, **kw: Any
     ) -> Any:
         """Run ``work`` in a thread; if the caller is cancelled, cut the connection under it."""
-        try:
-            return await asyncio.to_thread(work, *args, **kw)
-        except asyncio.CancelledError:
-            connection.abort()
-            raise
+        return await in_thread(connection, functools.partial(work, *args, **kw))
 
     async def tus_create(self, length: int, metadata: Mapping[str, str]) -> str:
         """Create a resumable upload of ``length`` bytes; return its path on the server."""

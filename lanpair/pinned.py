@@ -1,9 +1,9 @@
 """Talk to a daemon over HTTP with its key pinned, standard library only.
 
-``call`` makes one small JSON request over a fresh connection (``Connection: close``):
+``Connection`` is one keep-alive connection (``http.client``), blocking, run in a thread.
+``call`` makes one small JSON request on one of its own (``Connection: close``):
 ``discover``, ``pair`` and ``status`` make a handful of those and must start fast.
-``Connection`` is one keep-alive connection (``http.client``) that transfers stream
-through, blocking, in a thread: a blocking socket sends and receives with the least CPU
+Transfers stream through one kept alive: a blocking socket sends and receives with the least CPU
 of any Python option (no event-loop hops per chunk, no memory-BIO copies), and nothing
 here imports aiohttp, which costs ~0.3 s to import on a small machine — most of what
 separates ``lanpair push`` from ``curl`` on one big file.
@@ -26,7 +26,7 @@ import http.client
 import json
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -121,42 +121,54 @@ async def call(
     token: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Answer:
-    """Make one request; return the answer whatever its status.
+    """Make one request on a connection of its own; return the answer whatever its status.
 
     Raises Unreachable (no connection, timeout, not HTTP) or PinMismatch (another key).
     """
-    https = scheme == "https"
-    if https and not fingerprint:
-        raise PinMismatch("No fingerprint to pin this HTTPS server to.")
-    origin = _origin(scheme, host, port)
+    connection = Connection(scheme, host, port, fingerprint=fingerprint, timeout_s=timeout_s)
+    payload = None if body is None else json.dumps(body).encode()
+    headers = {
+        "Accept": "application/json",
+        "Connection": "close",
+        "Content-Length": str(len(payload or b"")),
+    }
+    if payload is not None:
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+
+    def exchange() -> Answer:
+        try:
+            response = connection.exchange(method, path, headers, payload)
+            raw = response.read(MAX_RESPONSE_BYTES + 1)
+        finally:
+            connection.close()
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise EOFError("the response is too large")
+        try:
+            decoded = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            decoded = None
+        got = {name.lower(): value for name, value in response.getheaders()}
+        return Answer(response.status, decoded, got)
+
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                host,
-                port,
-                ssl=_tls_context() if https else None,
-                server_hostname="" if https else None,
-            )
-            try:
-                if https:
-                    cert = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-                    _check_pin(cert or b"", fingerprint or "", origin)
-                writer.write(_request(method, path, host, port, body, token))
-                await writer.drain()
-                raw = b""
-                while chunk := await reader.read(MAX_RESPONSE_BYTES):
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE_BYTES:
-                        raise EOFError("the response is too large")
-                return _parse(raw)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    await writer.wait_closed()
+            answer: Answer = await in_thread(connection, exchange)
+            return answer
     except TimeoutError:
-        raise Unreachable(f"{origin} did not answer within {timeout_s:g} s.") from None
-    except (OSError, ssl.SSLError, EOFError, ValueError) as exc:
-        raise Unreachable(f"Cannot reach {origin}: {exc}") from None
+        raise Unreachable(f"{connection.origin} did not answer within {timeout_s:g} s.") from None
+    except (OSError, EOFError, ValueError, http.client.HTTPException) as exc:
+        raise Unreachable(f"Cannot reach {connection.origin}: {exc}") from None
+
+
+async def in_thread(connection: Connection, work: Callable[..., Any], *args: Any) -> Any:
+    """Run ``work`` in a thread; if the caller is cancelled, cut the connection under it."""
+    try:
+        return await asyncio.to_thread(work, *args)
+    except asyncio.CancelledError:
+        connection.abort()
+        raise
 
 
 def _check_pin(cert: bytes, fingerprint: str, origin: str) -> None:
@@ -288,55 +300,6 @@ class Connection:
     def close(self) -> None:
         """Close the socket (a later request opens a new one, unless aborted)."""
         self._http.close()
-
-
-def _request(method: str, path: str, host: str, port: int, body: Any, token: str | None) -> bytes:
-    payload = b"" if body is None else json.dumps(body).encode()
-    head = [
-        f"{method} {path} HTTP/1.1",
-        f"Host: {_host_header(host, port)}",
-        "Accept: application/json",
-        "Connection: close",
-        f"Content-Length: {len(payload)}",
-    ]
-    if body is not None:
-        head.append("Content-Type: application/json")
-    if token:
-        head.append(f"Authorization: Bearer {token}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
-
-
-def _parse(raw: bytes) -> Answer:
-    head, sep, payload = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise EOFError("not an HTTP response")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        payload = _unchunk(payload)
-    elif "content-length" in headers and headers["content-length"].isdigit():
-        payload = payload[: int(headers["content-length"])]
-    try:
-        decoded = json.loads(payload) if payload.strip() else None
-    except ValueError:
-        decoded = None
-    return Answer(int(parts[1]), decoded, headers)
-
-
-def _unchunk(data: bytes) -> bytes:
-    out, pos = bytearray(), 0
-    while pos < len(data):
-        line_end = data.index(b"\r\n", pos)
-        size = int(data[pos:line_end].split(b";")[0], 16)
-        if size == 0:
-            break
-        out += data[line_end + 2 : line_end + 2 + size]
-        pos = line_end + 2 + size + 2
-    return bytes(out)
 
 
 def _host_header(host: str, port: int) -> str:
