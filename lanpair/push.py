@@ -48,6 +48,9 @@ PREHASH_MAX_BYTES = 64 << 20
 KEEP_UPLOAD_BYTES = 8 << 20  # from this size an upload's URL is on disk before its bytes go
 MANIFEST_BATCH = 5000
 FINISH_WAIT_S = 120.0  # a whole file's bytes sent: how long the PC may take to file it
+# Answers that mean "ask where the upload stands and go on": a conflict or lock over the
+# offset, or the PC (or something in between) failing for now.
+RETRY_STATUSES = frozenset({409, 423, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +317,7 @@ async def _create(api: ApiClient, length: int, metadata: dict[str, str], stall_s
     except Unreachable as exc:
         raise _Retry(exc.message) from None
     except RemoteError as exc:
-        if exc.status in (409, 423, 500, 502, 503, 504):
+        if exc.status in RETRY_STATUSES:
             raise _Retry(exc.message) from None
         raise classify(exc) from None
 
@@ -356,7 +359,7 @@ async def _patch(
     except (Unreachable, OSError) as exc:  # e.g. a cut cable; OSError: reading the file
         raise _Retry(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from None
     except RemoteError as exc:
-        if exc.status in (409, 423, 500, 502, 503, 504):
+        if exc.status in RETRY_STATUSES:
             raise _Retry(exc.message) from None
         if exc.status in (404, 410):
             raise _Retry(exc.message, gone=True) from None
