@@ -55,7 +55,7 @@ from lanpair.store import FileQuery, FileStat, Indexed, Store
 from lanpair.tasks import spawn
 
 if TYPE_CHECKING:
-    from lanpair.watcher import Change, WatchMode
+    from lanpair.watcher import Change, Watcher, WatchMode
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Library:
         self._folders: dict[str, str] = {}  # device id -> folder; a folder never changes
         self._file_locks: dict[int, asyncio.Lock] = {}
         self._watch = watch
+        self._watcher: Watcher | None = None
         self._stack = contextlib.AsyncExitStack()
         self._scanned = asyncio.Event()
         self._claims: dict[str, int] = {}  # paths lanpair itself is changing right now
@@ -129,7 +130,7 @@ class Library:
             watcher = Watcher(
                 self.paths.root, self.apply, mode=self._watch, ignore=frozenset({INTERNAL_DIR_NAME})
             )
-            await self._stack.enter_async_context(watcher)
+            self._watcher = await self._stack.enter_async_context(watcher)
         self._run_task(self._scan_then_fill(), "library-scan")
         self._run_task(self._purge_hourly(), "trash-purge")
         return self
@@ -308,6 +309,8 @@ class Library:
             spool.head,
         )
         record = await self._record(new)
+        if self._watcher is not None:  # indexed: its appearance is no news
+            self._watcher.expect(record.relpath)
         # Each route says what arrived in its own words, once per request; this is detail.
         log.debug("stored %s (%s, %s)", record.relpath, record.kind.value, human_size(record.size))
         return Stored(record, duplicate=False)

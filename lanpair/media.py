@@ -171,9 +171,12 @@ def _plain_file(name: str) -> Sniffed:
     return Sniffed("file", mime or "application/octet-stream")
 
 
-def probe_image(path: Path) -> ImageInfo:
-    """Read a picture's displayed size and capture time from its headers alone. Blocking."""
-    with _decoding(path) as image:
+def probe_image(path: Path, name: str | None = None) -> ImageInfo:
+    """Read a picture's displayed size and capture time from its headers alone. Blocking.
+
+    ``name`` is the file's name where ``path`` is another link to it (a staging name).
+    """
+    with _decoding(path, name or path.name) as image:
         exif = _exif_of(image)
         width, height = image.size
         if _orientation(image, exif) >= 5:
@@ -188,7 +191,7 @@ def make_thumbnail(src: Path, dst: Path, *, px: int = 400) -> tuple[int, int]:
     if ``dst`` cannot be written.
     """
     _check_px(px)
-    with _decoding(src) as image:
+    with _decoding(src, src.name) as image:
         method = _UPRIGHT.get(_orientation(image, _exif_of(image)))
         icc = image.info.get("icc_profile") if image.mode in ("RGB", "RGBA") else None
         # JPEG only: let the decoder scale by 1/2, 1/4 or 1/8, to no less than the thumbnail.
@@ -275,38 +278,39 @@ def _guarded() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _decoding(path: Path) -> Iterator[ImageFile.ImageFile]:
-    """Open ``path`` with the one Pillow decoder its bytes name; every failure is MediaError."""
+def _decoding(path: Path, name: str) -> Iterator[ImageFile.ImageFile]:
+    """Open ``path`` (a file called ``name``) with the one Pillow decoder its bytes name;
+    every failure is MediaError."""
     try:
         with _guarded(), path.open("rb") as fp:
-            sniffed = sniff(fp.read(SNIFF_BYTES), path.name)
+            sniffed = sniff(fp.read(SNIFF_BYTES), name)
             fp.seek(0)
-            with Image.open(fp, formats=(_pillow_format(sniffed, path),)) as image:
+            with Image.open(fp, formats=(_pillow_format(sniffed, name),)) as image:
                 # Checked here too: warning filters are per process, not per thread.
                 if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise MediaError(f"{path.name}: too many pixels to open safely")
+                    raise MediaError(f"{name}: too many pixels to open safely")
                 yield image
     except MediaError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaError(f"{path.name}: too many pixels to open safely") from exc
+        raise MediaError(f"{name}: too many pixels to open safely") from exc
     except Exception as exc:  # Pillow raises a dozen types for hostile input
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise MediaError(f"{path.name}: not a readable picture ({reason})") from exc
+        raise MediaError(f"{name}: not a readable picture ({reason})") from exc
 
 
-def _pillow_format(sniffed: Sniffed, path: Path) -> str:
-    """Return the one Pillow format to decode a sniffed file with."""
-    name = _PILLOW_FORMATS.get(sniffed.mime) if sniffed.kind == "image" else None
-    if name is None:
-        raise MediaError(f"{path.name}: not a picture")
-    if name == "HEIF" and not _heif_opener_registered():
+def _pillow_format(sniffed: Sniffed, name: str) -> str:
+    """Return the one Pillow format to decode a sniffed file (called ``name``) with."""
+    pillow_name = _PILLOW_FORMATS.get(sniffed.mime) if sniffed.kind == "image" else None
+    if pillow_name is None:
+        raise MediaError(f"{name}: not a picture")
+    if pillow_name == "HEIF" and not _heif_opener_registered():
         raise MediaError("HEIC needs pip install 'lanpair[heif]'")
-    if name not in Image.OPEN:
+    if pillow_name not in Image.OPEN:
         Image.init()
-    if name not in Image.OPEN:
-        raise MediaError(f"{path.name}: this Pillow cannot decode {sniffed.mime}")
-    return name
+    if pillow_name not in Image.OPEN:
+        raise MediaError(f"{name}: this Pillow cannot decode {sniffed.mime}")
+    return pillow_name
 
 
 @functools.cache

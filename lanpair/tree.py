@@ -44,12 +44,17 @@ def move_in(
     head: bytes | None = None,
 ) -> NewFile:
     """Place ``source`` (a durable file outside the gallery) at ``root/parts`` under the
-    first free name, remove its old name, and describe it for the index. Blocking: the
-    whole move is one trip to a thread."""
+    first free name, describe it for the index, and remove its old name. Blocking: the
+    whole move is one trip to a thread.
+
+    It is read by its old name, the same file: an open() in the watched tree would look
+    to the watcher like a writer at work.
+    """
     relpath = place(root, source, parts)
-    source.unlink()
-    path = root / relpath
-    return describe(path, relpath, folder, device_id, sha256, head or read_head(path))
+    try:
+        return describe(source, relpath, folder, device_id, sha256, head or read_head(source))
+    finally:
+        source.unlink()
 
 
 def place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
@@ -92,15 +97,17 @@ def _enter(parent_fd: int, name: str) -> int:
 def describe(
     path: Path, relpath: str, folder: str, device_id: str | None, sha256: str | None, head: bytes
 ) -> NewFile:
-    """Say what a file is from its content: kind, type, size, date, dimensions. Blocking."""
+    """Say what the file at ``relpath`` is from its content (read at ``path``, that file or
+    another link to it): kind, type, size, date, dimensions. Blocking."""
+    name = relpath.rpartition("/")[2]
     stat = path.lstat()
-    sniffed = media.sniff(head, path.name)
+    sniffed = media.sniff(head, name)
     kind = Kind(sniffed.kind)
     taken = datetime.fromtimestamp(stat.st_mtime, UTC)
     width = height = None
     if kind is Kind.IMAGE:
         try:
-            info = media.probe_image(path)
+            info = media.probe_image(path, name)
             width, height, taken = info.width, info.height, info.taken_at or taken
         except media.MediaError as exc:
             log.warning("cannot read %s as an image: %s", relpath, exc)
@@ -112,7 +119,7 @@ def describe(
         mtime_ns=stat.st_mtime_ns,
         sha256=sha256,
         kind=kind,
-        mime=sniffed.mime or mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+        mime=sniffed.mime or mimetypes.guess_type(name)[0] or "application/octet-stream",
         taken_at=taken,
         width=width,
         height=height,

@@ -113,6 +113,7 @@ class Watcher:
         self._writing: dict[str, _Writing] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._ready: dict[Change, None] = {}  # ordered, and a change twice is once
+        self._expected: set[str] = set()  # linked in by lanpair itself, and indexed
         self._wake = asyncio.Event()
         self._observer: BaseObserver | None = None
         self._forwarder: _Forwarder | None = None
@@ -173,6 +174,19 @@ class Watcher:
             timer.cancel()
         self._timers.clear()
 
+    def expect(self, relpath: str) -> None:
+        """Take a whole file that lanpair itself linked in at ``relpath``, and has indexed,
+        as no news (loop thread).
+
+        Only its creation is dropped: whatever is done to the file afterwards (opened for
+        writing, moved, deleted) is looked at as ever. Its event may come before this call
+        or after it.
+        """
+        if self._writing.get(relpath) is _Writing.CREATED:  # seen, and nobody opened it
+            self._forget(relpath)
+        elif relpath.split("/", 1)[0] in self._folder_watches:  # else no event will come
+            self._expected.add(relpath)
+
     # -- on the loop: debounce --------------------------------------------------------
 
     def _seen(self, event: FileSystemEvent) -> None:
@@ -196,6 +210,9 @@ class Watcher:
             self._forget(src)
             self._queue(Change(src))
         elif isinstance(event, FileCreatedEvent):
+            if src in self._expected:
+                self._expected.discard(src)
+                return
             self._writing[src] = _Writing.CREATED
             self._later(src, self._settle_s)
         elif isinstance(event, FileOpenedEvent):
@@ -248,6 +265,7 @@ class Watcher:
             if observer is None:
                 continue
             if gone is not None:
+                self._expected = {p for p in self._expected if not p.startswith(f"{gone}/")}
                 watch = self._folder_watches.pop(gone, None)
                 if watch is not None:
                     with contextlib.suppress(KeyError):
@@ -295,6 +313,7 @@ class Watcher:
         self._queue(Change(relpath))
 
     def _forget(self, relpath: str) -> None:
+        self._expected.discard(relpath)
         self._writing.pop(relpath, None)
         timer = self._timers.pop(relpath, None)
         if timer is not None:
@@ -306,6 +325,7 @@ class Watcher:
 
     def _overflowed(self) -> None:
         log.warning("the kernel dropped file events: rescanning the library")
+        self._expected.clear()
         self._queue(Change("", folder=True))
 
     def _relpath(self, path: str | bytes) -> str | None:

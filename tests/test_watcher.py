@@ -165,6 +165,40 @@ async def test_an_upload_through_lanpair_is_announced_once_though_the_watcher_se
     assert len({event.data["item"]["id"] for event in events}) == 5
 
 
+async def test_lanpairs_own_uploads_are_not_looked_at_again_but_a_later_edit_is(
+    watched: tuple[Daemon, Path, Subscription], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, _folder, subscription = watched
+    async with (  # the PC's folder: made, then watched
+        daemon.session() as session,
+        session.post("/api/upload", data=form(("first.txt", b"first"))) as response,
+    ):
+        assert response.status == 200
+    await collect(subscription)
+    looked_at: list[str] = []
+    sync_paths = daemon.library._sync_paths
+
+    async def spy(relpaths: list[str]) -> None:
+        looked_at.extend(relpaths)
+        await sync_paths(relpaths)
+
+    monkeypatch.setattr(daemon.library, "_sync_paths", spy)
+    stored = []
+    async with daemon.session() as session:
+        for n in range(5):  # not pictures: no thumbnail worker opens them after
+            async with session.post("/api/upload", data=form((f"{n}.txt", b"%d" % n))) as r:
+                assert r.status == 200
+                stored.append((await r.json())["files"][0]["stored_as"])
+    events = [e for e in await collect(subscription) if e.type.startswith("file.")]
+    assert kinds(events) == ["file.added"] * 5
+    assert looked_at == []  # the watcher saw each link in, and knew it for lanpair's own
+    # Only their appearance was no news: an edit by hand right after is seen as ever.
+    (daemon.library.paths.root / stored[0]).write_bytes(b"edited by hand")
+    [updated] = await collect(subscription)
+    assert (updated.type, updated.data["item"]["size"]) == ("file.updated", 14)
+    assert looked_at == [stored[0]]
+
+
 async def test_lanpair_renames_and_deletes_are_announced_once(
     watched: tuple[Daemon, Path, Subscription],
 ) -> None:
