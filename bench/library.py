@@ -5,7 +5,8 @@ What it measures, all on loopback (127.0.0.1), every loop bounded:
 1. a 1 GiB upload (random bytes) over HTTP and over TLS, one transfer at a time with curl;
 2. 500 files of 200 KiB with curl's parallel mode (``-Z --parallel-max 5``): lanpair as
    10 multipart requests of 50 files and as 500 requests of one file, nginx and copyparty
-   as 500 PUTs;
+   as 500 PUTs; and the floor: the same files written, hashed, fsynced and linked in by
+   this script on the servers' CPU, with no HTTP and no index (``ingest_floor``);
 3. a 1 GiB download over HTTP and over TLS;
 4. the server's CPU seconds (utime + stime of all its threads, from /proc/PID/stat, before
    and after each transfer) and peak RSS (VmHWM); lanpair's worker processes are separate
@@ -47,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -77,6 +79,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 MiB = 1 << 20
 GiB = 1 << 30
 SERVER_CPU = "0"
+FLOOR = "floor (Python, no HTTP)"  # ingest_floor: the least a durable, hashed ingest costs
 CLIENT_CPU = "1"
 PARALLEL = 5
 START_TIMEOUT_S = 60.0
@@ -626,6 +629,46 @@ def upload_small(server: Server, files: list[Path], per_request: int, work: Path
     return sample
 
 
+def ingest_floor(files: list[Path], work: Path) -> Sample:
+    """Time the least a durable, hashed ingest of ``files`` costs in Python, on the servers'
+    CPU: no HTTP, no index, no events, one file after another.
+
+    Each file is read (from the page cache), written to a new file and hashed (SHA-256),
+    fsynced, linked into a folder whose entry is fsynced, and its first name removed:
+    what lanpair must do before it answers, and nginx does not. Its files/s bounds what
+    any Python server doing that can reach on this machine.
+    """
+    staging, library = work / "floor-staging", work / "floor-library"
+    for folder in (staging, library):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+    os.sync()
+    os.sched_setaffinity(0, {int(SERVER_CPU)})
+    folder_fd = os.open(library, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cpu0, started = time.thread_time(), time.perf_counter()
+        for n, source in enumerate(files):
+            data = source.read_bytes()
+            temp = staging / f"{n}.part"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                hashlib.sha256(data).digest()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temp, source.name, dst_dir_fd=folder_fd)
+            os.fsync(folder_fd)
+            temp.unlink()
+        wall, cpu = time.perf_counter() - started, time.thread_time() - cpu0
+    finally:
+        os.close(folder_fd)
+        os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    sample = Sample(wall, sum(f.stat().st_size for f in files), cpu, 0, 0, files=len(files))
+    shutil.rmtree(library, ignore_errors=True)
+    return sample
+
+
 def pairs(flags: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     """Turn curl flags (``--cacert X``, ``--insecure``) into config-file lines' parts."""
     i = 0
@@ -696,6 +739,7 @@ def transfer_rounds(results: Results, source: Path, work: Path, profile: Path | 
             print(f"round {n + 1}/{plan.rounds}: {plan.small_count} small files", flush=True)
             for label, s, count in small_modes:
                 results.small.setdefault(label, []).append(upload_small(s, small, count, work))
+            results.small.setdefault(FLOOR, []).append(ingest_floor(small, work))
         for s in servers:
             results.rss[s.name] = rss_of(s.pid)
         if profile is not None:
@@ -1164,6 +1208,16 @@ def print_report(results: Results) -> None:
             f"{label:<32}{r['files_s']:>8.0f}{r['wall_s']:>8.2f}{r['server_cpu_s']:>10.2f}"
             f"{r['children_cpu_s']:>10.2f}{r['client_cpu_s']:>9.2f}"
             f"{r['vs_nginx']:>8.2f}x{r['vs_copyparty']:>6.2f}x  {r['runs_wall_s']}"
+        )
+    floor = summ["small"].get(FLOOR)
+    if floor and floor["server_cpu_s"] > 0:
+        best = plan.small_count / floor["server_cpu_s"]
+        per_file_ms = 1000 * floor["server_cpu_s"] / plan.small_count
+        nginx = summ["small"].get("nginx-http", {}).get("files_s", float("nan"))
+        print(
+            f"floor: {per_file_ms:.2f} CPU-ms per file to write,"
+            f" hash, fsync and link it, one after another: on one core at most {best:.0f}"
+            f" files/s ({best / nginx:.2f}x nginx-http), before any HTTP or indexing"
         )
     print("\npeak RSS (VmHWM, MiB) after all rounds: main process; children summed")
     for name, r in results.rss.items():
