@@ -246,38 +246,42 @@ class Library:
         first, ended = await gather_up_to(stream, WRITE_BLOCK_BYTES)
         if on_bytes is not None and first:
             on_bytes(sum(map(len, first)))
-        if ended:  # a small file, here whole: write, hash and sync it in one go
-            spool, sha256 = await asyncio.to_thread(self._spool_whole, first, modified)
-        else:
-            if size_hint is not None:
-                await asyncio.to_thread(self.check_space, size_hint)
-            spool = await asyncio.to_thread(
-                Spool.create, self.paths.staging, self._reserve, self._max_upload
+        if ended:  # a small file, here whole: written, made durable and placed in one trip
+            found = await asyncio.to_thread(
+                self._ingest_whole, first, modified, folder, device_id, relparts
             )
-        placed = False
+            return await self._stored(found)
+        if size_hint is not None:
+            await asyncio.to_thread(self.check_space, size_hint)
+        spool = await asyncio.to_thread(
+            Spool.create, self.paths.staging, self._reserve, self._max_upload
+        )
         try:
-            if not ended:
-                await asyncio.to_thread(spool.write_all, first)
-                await pump(stream, spool, on_bytes)
-                sha256 = await asyncio.to_thread(spool.finish, modified)
-            stored = await self.settle(spool, folder, device_id, relparts, sha256)
-            placed = not stored.duplicate
-            return stored
-        finally:
-            if not placed:  # refused, cut off, or a duplicate: the spool is never kept
-                await asyncio.to_thread(spool.discard)
+            await asyncio.to_thread(spool.write_all, first)
+            await pump(stream, spool, on_bytes)
+        except BaseException:
+            await asyncio.to_thread(spool.discard)
+            raise
+        return await self.settle(spool, folder, device_id, relparts, modified=modified)
 
-    def _spool_whole(self, pieces: list[bytes], modified: float | None) -> tuple[Spool, str]:
-        """Write a whole small file to a new spool and make it durable; return it and its
-        SHA-256. Blocking."""
+    def _ingest_whole(
+        self,
+        pieces: list[bytes],
+        modified: float | None,
+        folder: str,
+        device_id: str | None,
+        relparts: tuple[str, ...],
+    ) -> FileRecord | NewFile:
+        """Write a whole small file to a new spool, make it durable and place it (or find
+        the copy already there). Blocking."""
         self.check_space(sum(map(len, pieces)))
         spool = Spool.create(self.paths.staging, self._reserve, self._max_upload)
         try:
             spool.write_all(pieces)
-            return spool, spool.finish(modified)
         except BaseException:
             spool.discard()
             raise
+        return self._finish_and_place(spool, None, folder, device_id, relparts, modified)
 
     async def resume_spool(self, path: Path) -> Spool:
         """Open a resumable upload's partial file to append to it."""
@@ -289,26 +293,52 @@ class Library:
         folder: str,
         device_id: str | None,
         relparts: tuple[str, ...],
-        sha256: str,
+        *,
+        modified: float | None = None,
+        sha256: str | None = None,
     ) -> Stored:
-        """Put a finished spool in place (or answer the copy already there) and index it.
+        """Finish a spool, unless ``sha256`` says it is finished, then put it in place (or
+        answer the copy already there) and index it.
 
-        A placed spool's own name is gone; a duplicate's is left for the caller to discard.
+        The spool is gone afterwards, whatever happened: placed, or deleted.
         """
-        for existing in await self._store.files.by_sha256(sha256):
-            if await asyncio.to_thread(self._still_there, existing):
-                return Stored(existing, duplicate=True)
-        new = await asyncio.to_thread(
-            tree.move_in,
-            self.paths.root,
-            spool.path,
-            (folder, *relparts),
-            folder,
-            device_id,
-            sha256,
-            spool.head,
+        found = await asyncio.to_thread(
+            self._finish_and_place, spool, sha256, folder, device_id, relparts, modified
         )
-        record = await self._record(new)
+        return await self._stored(found)
+
+    def _finish_and_place(
+        self,
+        spool: Spool,
+        sha256: str | None,
+        folder: str,
+        device_id: str | None,
+        relparts: tuple[str, ...],
+        modified: float | None,
+    ) -> FileRecord | NewFile:
+        """Make a spool durable; return the copy of its content already in the library, or
+        place it and describe it for the index. The spool is gone afterwards. Blocking: the
+        one trip to a thread an upload takes at its end."""
+        placed = False
+        try:
+            if sha256 is None:
+                sha256 = spool.finish(modified)
+            for existing in self._store.files.by_sha256_here(sha256):
+                if self._still_there(existing):
+                    return existing
+            root, parts = self.paths.root, (folder, *relparts)
+            new = tree.move_in(root, spool.path, parts, folder, device_id, sha256, spool.head)
+            placed = True
+            return new
+        finally:
+            if not placed:  # refused, failed, or a duplicate: the spool is never kept
+                spool.discard()
+
+    async def _stored(self, found: FileRecord | NewFile) -> Stored:
+        """Index a newly placed file (the watcher need not look at it); or say it was there."""
+        if isinstance(found, FileRecord):
+            return Stored(found, duplicate=True)
+        record = await self._record(found)
         if self._watcher is not None:  # indexed: its appearance is no news
             self._watcher.expect(record.relpath)
         # Each route says what arrived in its own words, once per request; this is detail.

@@ -343,7 +343,7 @@ async def _complete(
         if upload.sha256 and upload.sha256 != sha256:
             raise errors.ChecksumMismatch("The file does not match the sha256 it was sent with.")
         folder, device_id = await library.folder_of(caller(request))
-        return await library.settle(spool, folder, device_id, relparts, sha256)
+        return await library.settle(spool, folder, device_id, relparts, sha256=sha256)
     finally:
         await asyncio.to_thread(tus.delete, upload.id)
 

@@ -197,6 +197,14 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, func)
 
+    def read_here(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``func`` on the calling thread's own read-only connection. Blocking.
+
+        For a thread already at blocking work (an upload being placed) that needs one
+        look at the database on the way: no trip to a reader thread and back.
+        """
+        return self._run_read(func)
+
     # -- pairing -----------------------------------------------------------------------
 
     async def meta(self, key: str, default: Callable[[], str]) -> str:
