@@ -59,6 +59,7 @@ from zeroconf import (  # type: ignore[attr-defined]  # public names missing fro
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from lanpair.errors import ConfigError, LanpairError, MdnsRefused
+from lanpair.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +288,7 @@ class Advertisement:
             self.server,
         )
         # the generic listing probes for another second; nothing waits for it
-        self._generic = asyncio.create_task(self._register_generic(instance), name="mdns-generic")
-        self._generic.add_done_callback(self._announced)
+        self._generic = spawn(self._register_generic(instance), "mdns-generic")
         return self
 
     async def _register_generic(self, instance: str) -> None:

@@ -10,9 +10,21 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    """Start ``coro`` as a task called ``name``; log its exception if it ever raises one."""
+def spawn(
+    coro: Coroutine[Any, Any, None],
+    name: str,
+    *,
+    keep_in: set[asyncio.Task[None]] | None = None,
+) -> asyncio.Task[None]:
+    """Start ``coro`` as a task called ``name``; log its exception if it ever raises one.
+
+    With ``keep_in``, the task is held there until it is done (the caller's set of tasks
+    to cancel when it stops).
+    """
     task = asyncio.create_task(coro, name=name)
+    if keep_in is not None:
+        keep_in.add(task)
+        task.add_done_callback(keep_in.discard)
     task.add_done_callback(_log_death)
     return task
 

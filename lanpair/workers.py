@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from lanpair.errors import LanpairError
+from lanpair.tasks import spawn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -201,12 +202,9 @@ class WorkerPool:
         if self._closing.is_set():
             raise WorkerError("The worker pool has stopped.")
         self._workers.discard(old)
-        task = asyncio.create_task(
-            self._replace(old, reason), name=f"{self.name}-replace-{old.pid}"
+        return spawn(
+            self._replace(old, reason), f"{self.name}-replace-{old.pid}", keep_in=self._tasks
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
 
     async def _replace(self, old: _Worker, reason: str | None) -> None:
         old.process.kill()
@@ -231,11 +229,6 @@ class WorkerPool:
             self._workers.add(new)
             self._idle.put_nowait(new)
             return
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
     def _next_name(self) -> str:
         self._started += 1

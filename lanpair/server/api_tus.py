@@ -32,6 +32,7 @@ from lanpair.names import safe_relpath
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
 from lanpair.server.middleware import Access, access, caller, media_type, sender
 from lanpair.spool import FILE_MODE, Spool, human_size, pump
+from lanpair.tasks import spawn
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -283,7 +284,7 @@ async def purge_hourly(app: web.Application) -> AsyncIterator[None]:
                 log.exception("purging expired uploads failed; trying again in an hour")
             await asyncio.sleep(PURGE_EVERY_S)
 
-    task = asyncio.create_task(loop(), name="tus-purge")
+    task = spawn(loop(), "tus-purge")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from lanpair import qr
 from lanpair.models import PendingPairing, Site
 from lanpair.pairing import Pairing, new_token
+from lanpair.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class CodeMint:
         """Start drawing the next code in a worker thread, unless one is ready or on its way."""
         if self._ready is not None or (self._refill is not None and not self._refill.done()):
             return
-        self._refill = asyncio.create_task(self._fill(), name="pairing-code-prepare")
+        self._refill = spawn(self._fill(), "pairing-code-prepare")
 
     async def close(self) -> None:
         """Stop drawing; forget the prepared code."""
