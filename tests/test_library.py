@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -720,6 +721,34 @@ async def test_malformed_multipart_bodies_get_400_and_leave_nothing(
             [stored] = (await response.json())["files"]
     assert stored["stored_as"].endswith("/\u00e9t\u00e9.txt")
     assert library_files(daemon) == {stored["stored_as"]: b"summer"}
+
+
+async def test_a_multipart_body_sent_in_http_chunks_is_read_whole(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Transfer-Encoding: chunked, in pieces that split the boundaries."""
+    boundary = "b0undary"
+    content = os.urandom(700_000)
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.bin"'
+        f"\r\n\r\n".encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 65_531):  # odd sizes: boundaries fall across them
+            yield body[start : start + 65_531]
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.post("/api/upload", data=pieces(), headers=headers) as response,
+    ):
+        assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+        assert response.status == 200
+        [stored] = (await response.json())["files"]
+    assert library_files(daemon) == {stored["stored_as"]: content}
 
 
 async def test_a_compressed_sibling_is_never_served_in_place_of_a_file(
