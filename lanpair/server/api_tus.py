@@ -30,7 +30,7 @@ from lanpair.events import UploadProgress
 from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
-from lanpair.server.middleware import Access, access, caller, media_type, sender
+from lanpair.server.middleware import Access, access, caller, chunks_of, media_type, sender
 from lanpair.spool import FILE_MODE, Spool, human_size, pump
 from lanpair.tasks import spawn
 
@@ -43,7 +43,6 @@ CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 LIFETIME = timedelta(hours=24)
 PURGE_EVERY_S = 3600.0
 TAKE_OVER_WAIT_S = 10.0  # how long a new PATCH waits for the old one to let go
-READ_CHUNK_BYTES = 256 * 1024
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 MAX_RELPATH_PARTS = 16
 MAX_RELPATH_BYTES = 1024
@@ -310,7 +309,7 @@ async def _receive(
 
     async def body() -> AsyncIterator[bytes]:
         seen = 0  # counted here: the spool's own size lags by what is still being written
-        async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+        async for chunk in chunks_of(request.content):
             seen += len(chunk)
             if seen > room:
                 raise errors.BadRequest("More bytes arrived than Upload-Length announced.")

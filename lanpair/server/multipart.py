@@ -19,6 +19,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from lanpair.errors import BadRequest
+from lanpair.server.middleware import chunks_of
 
 FIELD_LIMIT_BYTES = 4096  # a text field (the file's date, its size) is a few bytes
 PREAMBLE_LIMIT_BYTES = 4096
@@ -64,7 +65,7 @@ class FormReader:
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequest("The multipart body has no boundary.")
-        self._content = content
+        self._chunks = chunks_of(content)
         self._first = b"--" + boundary
         self._preamble: bytes | None = b""  # None once the first boundary is found
         self._events: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -101,12 +102,8 @@ class FormReader:
         while not self._events:
             if self._ended:
                 return None
-            # One network chunk at a time, as it came: readany() would join all that is
-            # buffered into a new bytes object (measured: 9% of a TLS upload's loop time).
-            chunk, at_chunk_end = await self._content.readchunk()
+            chunk = await anext(self._chunks, b"")
             if not chunk:
-                if at_chunk_end:  # the end of a Transfer-Encoding: chunked chunk
-                    continue
                 raise BadRequest("The multipart body ends before its closing boundary.")
             if self._preamble is not None:
                 chunk = self._skip_preamble(self._preamble + chunk)
