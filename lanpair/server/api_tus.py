@@ -30,7 +30,7 @@ from lanpair.events import UploadProgress
 from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
-from lanpair.server.middleware import Access, access, caller, chunks_of, media_type, sender
+from lanpair.server.middleware import Access, access, caller, media_type, next_chunk, sender
 from lanpair.spool import FILE_MODE, Spool, human_size, pump
 from lanpair.tasks import spawn
 
@@ -309,7 +309,7 @@ async def _receive(
 
     async def body() -> AsyncIterator[bytes]:
         seen = 0  # counted here: the spool's own size lags by what is still being written
-        async for chunk in chunks_of(request.content):
+        while chunk := await next_chunk(request.content):
             seen += len(chunk)
             if seen > room:
                 raise errors.BadRequest("More bytes arrived than Upload-Length announced.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -250,18 +250,19 @@ def _require_body(request: web.Request, kind: str) -> None:
         )
 
 
-async def chunks_of(content: StreamReader) -> AsyncIterator[bytes]:
-    """Yield a request body a network chunk at a time, as each came.
+async def next_chunk(content: StreamReader) -> bytes:
+    """Return the body's next network chunk as it came; b"" at its end.
 
     StreamReader.read(n) and readany() join what is buffered into a new bytes object: a
     copy of every byte of an upload (9% of the event loop's time in a 1 GiB TLS upload).
+    A coroutine, not an async generator: a generator left suspended when a request ends
+    early keeps the request's objects alive until it is finalized (measured: RSS grew
+    ~3 MiB per 500 uploads).
     """
     while True:
         chunk, at_chunk_end = await content.readchunk()
-        if chunk:
-            yield chunk
-        elif not at_chunk_end:  # (b"", True) only marks the end of an HTTP chunk
-            return
+        if chunk or not at_chunk_end:  # (b"", True) only marks the end of an HTTP chunk
+            return chunk
 
 
 def media_type(request: web.BaseRequest) -> str:

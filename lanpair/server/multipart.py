@@ -19,7 +19,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from lanpair.errors import BadRequest
-from lanpair.server.middleware import chunks_of
+from lanpair.server.middleware import next_chunk
 
 FIELD_LIMIT_BYTES = 4096  # a text field (the file's date, its size) is a few bytes
 PREAMBLE_LIMIT_BYTES = 4096
@@ -65,7 +65,7 @@ class FormReader:
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequest("The multipart body has no boundary.")
-        self._chunks = chunks_of(content)
+        self._content = content
         self._first = b"--" + boundary
         self._preamble: bytes | None = b""  # None once the first boundary is found
         self._events: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -102,7 +102,7 @@ class FormReader:
         while not self._events:
             if self._ended:
                 return None
-            chunk = await anext(self._chunks, b"")
+            chunk = await next_chunk(self._content)
             if not chunk:
                 raise BadRequest("The multipart body ends before its closing boundary.")
             if self._preamble is not None:
