@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 PENDING_KEPT = timedelta(days=1)  # spent and expired codes stay this long, for the audit trail
 HANDED_OVER_KEPT = 8  # a device's tokens for other host names: the newest this many
+SIDE_READER_CACHE_KIB = 256  # a worker thread's connection: lookups by index, not pages
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -200,10 +201,11 @@ class Store:
     def read_here(self, func: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``func`` on the calling thread's own read-only connection. Blocking.
 
-        For a thread already at blocking work (an upload being placed) that needs one
-        look at the database on the way: no trip to a reader thread and back.
+        For a thread already at blocking work (an upload being placed) that needs a look
+        or two at the database on the way: no trip to a reader thread and back. Such a
+        connection keeps a small page cache: there may be one in every worker thread.
         """
-        return self._run_read(func)
+        return func(self._reader(cache_kib=SIDE_READER_CACHE_KIB))
 
     # -- pairing -----------------------------------------------------------------------
 
@@ -569,14 +571,20 @@ class Store:
         return result
 
     def _run_read(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        return func(self._reader())
+
+    def _reader(self, *, cache_kib: int | None = None) -> sqlite3.Connection:
+        """Return this thread's read-only connection, opening it the first time."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only = ON")
+            if cache_kib is not None:
+                conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
             self._local.conn = conn
             with self._lock:
                 self._read_conns.append(conn)
-        return func(conn)
+        return conn
 
 
 def _migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
