@@ -9,17 +9,16 @@ one folder instead: tests do, and so can a user with several identities.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lanpair.errors import LanpairError, UnknownPC
+from lanpair.paths import replace_file
 
 CLIENT_DIR_ENV = "LANPAIR_CLIENT_DIR"
 FILE_VERSION = 1
@@ -183,24 +182,8 @@ def update(path: Path, pc_id: str, **changes: Any) -> PairedPC | None:
 def write_private_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON, mode 0600, never leaving half a file. Blocking."""
     path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "w") as out:  # mkstemp makes it 0600 already
-            json.dump(data, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        temp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # not every platform can open a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    text = json.dumps(data, indent=1).encode()
+    replace_file(path, text, mode=0o600, durable=True)
 
 
 def read_json(path: Path) -> Any:

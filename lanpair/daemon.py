@@ -26,7 +26,7 @@ from lanpair.events import EventHub
 from lanpair.library import Library
 from lanpair.models import Site
 from lanpair.pairing import Pairing
-from lanpair.paths import LibraryPaths, Paths
+from lanpair.paths import LibraryPaths, Paths, replace_file
 from lanpair.server import Services, add_lifecycle, create_app, serving
 from lanpair.store import Store
 from lanpair.tasks import spawn
@@ -433,8 +433,4 @@ def _write_runtime_file(paths: Paths, site: Site, sockets: list[socket.socket]) 
         "fingerprint": site.fingerprint,
         "device_id": site.device_id,
     }
-    temp = paths.runtime_file.with_suffix(".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump(data, file)
-    temp.replace(paths.runtime_file)
+    replace_file(paths.runtime_file, json.dumps(data).encode(), mode=0o600)

@@ -12,14 +12,12 @@ import functools
 import importlib
 import math
 import mimetypes
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from io import BytesIO
@@ -29,6 +27,7 @@ from typing import IO
 from PIL import Image, ImageFile
 
 from lanpair.errors import LanpairError
+from lanpair.paths import replace_file
 
 MAX_IMAGE_PIXELS = 100_000_000
 SNIFF_BYTES = 64
@@ -432,20 +431,7 @@ def _save_webp(image: Image.Image, dst: Path, icc: bytes | None) -> None:
         extra = {"icc_profile": icc} if icc else {}
         image.save(out, format="WEBP", quality=THUMB_QUALITY, method=THUMB_METHOD, **extra)
 
-    _write_atomically(dst, write)
-
-
-def _write_atomically(dst: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a temporary file beside ``dst`` and rename it over ``dst``."""
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    temp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        temp.replace(dst)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    replace_file(dst, write, mode=0o600)  # a picture of a private photo
 
 
 # -- videos --------------------------------------------------------------------------------

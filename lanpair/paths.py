@@ -1,9 +1,14 @@
-"""Every on-disk location lanpair uses, in one registry."""
+"""Every on-disk location lanpair uses, in one registry; and the one way it replaces a file."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 WEB_DIR_NAME = "web"
 
@@ -94,3 +99,42 @@ def web_dir() -> Path:
     if installed.is_dir():
         return installed
     return package.parent / WEB_DIR_NAME
+
+
+def replace_file(
+    path: Path,
+    content: bytes | Callable[[IO[bytes]], None],
+    *,
+    mode: int = 0o644,
+    durable: bool = False,
+) -> None:
+    """Replace ``path`` with new content, whole: a reader sees the old file or the new one,
+    never half of one. Blocking.
+
+    ``content`` is the bytes, or a function that writes them to the open file. The new
+    file gets ``mode`` whatever the umask. With ``durable``, the bytes and the new name
+    are on disk when this returns (the file and its folder are fsynced).
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            if isinstance(content, bytes):
+                out.write(content)
+            else:
+                content(out)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if durable:
+        with contextlib.suppress(OSError):  # not every platform can open a folder
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from lanpair.errors import CertificateError
+from lanpair.paths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def ensure_certificate(
         if current is not None and _still_good(current, key, dns_names, wanted, now):
             return _info(current, cert_path, key_path)
         cert = _issue(key, hostname, dns_names, wanted, now)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        replace_file(cert_path, pem, mode=0o644, durable=True)
     except (OSError, ValueError) as exc:
         raise CertificateError(
             f"Cannot set up the TLS certificate in {cert_path.parent}: {exc}"
@@ -238,16 +240,6 @@ def _info(cert: x509.Certificate, cert_path: Path, key_path: Path) -> CertInfo:
         dns_names=tuple(san.get_values_for_type(x509.DNSName)),
         ip_addresses=tuple(str(a) for a in san.get_values_for_type(x509.IPAddress)),
     )
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    temp.replace(path)
 
 
 class ServerTls:

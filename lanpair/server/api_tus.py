@@ -29,6 +29,7 @@ from lanpair.clock import from_iso, to_iso
 from lanpair.events import UploadProgress
 from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
+from lanpair.paths import replace_file
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
 from lanpair.server.middleware import Access, access, caller, media_type, next_chunk, sender
 from lanpair.spool import FILE_MODE, Spool, human_size, pump
@@ -88,9 +89,7 @@ class TusStore:
 
     def save(self, upload: Upload) -> None:
         """Write an upload's description (atomically). Blocking."""
-        temp = self._meta(upload.id).with_suffix(".tmp")
-        temp.write_text(json.dumps(asdict(upload)))
-        temp.replace(self._meta(upload.id))
+        replace_file(self._meta(upload.id), json.dumps(asdict(upload)).encode(), mode=FILE_MODE)
 
     def load(self, upload_id: str) -> Upload | None:
         """Read an upload's description. Blocking."""
