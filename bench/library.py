@@ -52,7 +52,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import re
 import resource
 import selectors
@@ -69,11 +68,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from procfs import cpu_seconds, machine
+from common import children_of, cpu_seconds, family_cpu, machine, print_log_tail, status_kib
+from common import versions as package_versions
 
 BENCH_DIR = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -236,31 +235,6 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on port {port} within {START_TIMEOUT_S:.0f} s")
-
-
-def children_of(pid: int) -> list[int]:
-    """Return the PIDs whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def family_cpu(pid: int) -> tuple[float, float]:
-    """Return the CPU seconds of a process and the sum of its children's."""
-    return cpu_seconds(pid), sum(cpu_seconds(child) for child in children_of(pid))
-
-
-def status_kib(pid: int, key: str) -> int:
-    """Return a kB value (VmHWM, VmRSS) from /proc/<pid>/status; 0 if absent."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def process_name(pid: int) -> str:
@@ -431,13 +405,6 @@ def pair(server: Server) -> str:
         },
     )
     return str(confirmed["device_token"])
-
-
-def print_log_tail(log_path: Path, lines: int = 20) -> None:
-    """Show the end of a server's log on stderr."""
-    with contextlib.suppress(OSError):
-        tail = log_path.read_text(errors="replace").splitlines()[-lines:]
-        print(f"--- {log_path.name} (last lines) ---", *tail, sep="\n", file=sys.stderr)
 
 
 # -- nginx and copyparty --------------------------------------------------------------------
@@ -1282,12 +1249,7 @@ def tool_version(command: list[str], pattern: str) -> str:
 
 def versions() -> dict[str, str]:
     """Return the versions that matter for these numbers."""
-    found = {"python": platform.python_version()}
-    for package in ("aiohttp", "pillow", "copyparty"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "?"
+    found = package_versions("aiohttp", "pillow", "copyparty")
     found["nginx"] = tool_version(["nginx", "-v"], r"nginx/(\S+)")
     found["curl"] = tool_version(["curl", "--version"], r"curl (\S+)")
     found["wrk"] = tool_version(["wrk", "-v"], r"wrk (\S+)")

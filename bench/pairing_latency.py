@@ -37,7 +37,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import re
 import signal
@@ -48,7 +47,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from aiohttp_pin import SpkiPin
-from procfs import cpu_seconds, machine
+from common import cpu_seconds, machine, print_log_tail
+from common import versions as package_versions
 
 WARMUP = 20
 CLAIMS_MS = {"generate": 50.0, "confirm": 20.0}  # what the seed said the calls take
@@ -236,13 +235,6 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-def print_log_tail(log_path: Path, lines: int = 20) -> None:
-    """Show the end of the daemon's log on stderr."""
-    with contextlib.suppress(OSError):
-        tail = log_path.read_text(errors="replace").splitlines()[-lines:]
-        print("--- daemon log (last lines) ---", *tail, sep="\n", file=sys.stderr)
-
-
 async def measure(
     daemon: Daemon, calls: int, pause_s: float
 ) -> tuple[dict[str, Phase], dict[str, Any], int]:
@@ -338,12 +330,7 @@ async def timed_phase(
 
 def versions() -> dict[str, str]:
     """Return the versions that matter for these numbers."""
-    return {
-        "python": platform.python_version(),
-        "aiohttp": version("aiohttp"),
-        "segno": version("segno"),
-        "lanpair": version("lanpair"),
-    }
+    return package_versions("aiohttp", "segno", "lanpair")
 
 
 def qr_version(url: str) -> int:

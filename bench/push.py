@@ -46,8 +46,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path[:0] = [str(BENCH_DIR), str(ROOT / "tests")]
 
+from common import cpu_seconds, machine  # noqa: E402
 from lan import Host, Lan, stop_process, virtual_lan  # noqa: E402
-from procfs import cpu_seconds, machine  # noqa: E402
 
 MiB = 1 << 20
 SERVER_CPU = "0"

@@ -52,9 +52,7 @@ import asyncio.sslproto
 import base64
 import contextlib
 import json
-import math
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -68,13 +66,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from procfs import cpu_seconds, machine
+from common import cpu_seconds, log_tail, machine, percentile, status_kib
+from common import versions as package_versions
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
@@ -536,14 +534,6 @@ def pinned(cpu: str, command: list[str], pin: bool) -> list[str]:
     return ["taskset", "-c", cpu, *command] if pin else command
 
 
-def rss_kib(pid: int) -> int:
-    """Return a process's resident set size (VmRSS) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for PID {pid}")
-
-
 def start_lanpair(
     procs: Processes, source: Path, work: Path, *, tls: bool, pin: bool
 ) -> tuple[int, str]:
@@ -569,7 +559,9 @@ def start_lanpair(
     deadline = time.monotonic() + START_TIMEOUT_S
     while not runtime.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the daemon did not start; see its log:\n{log_tail(work)}")
+            raise RuntimeError(
+                f"the daemon did not start; see its log:\n{log_tail(work / 'daemon.log')}"
+            )
         time.sleep(0.05)
     return proc.pid, json.loads(runtime.read_text())["url"]
 
@@ -586,13 +578,6 @@ def start_bare(procs: Processes, work: Path, *, tls: bool, pin: bool) -> tuple[i
     if not url:
         raise RuntimeError("the bare hub exited before it printed its URL")
     return proc.pid, url
-
-
-def log_tail(work: Path, lines: int = 30) -> str:
-    """Return the last lines of the daemon's log."""
-    with contextlib.suppress(OSError):
-        return "\n".join((work / "daemon.log").read_text().splitlines()[-lines:])
-    return "(no log)"
 
 
 class Client:
@@ -627,11 +612,11 @@ def measure(
         print(f"{name}: warming up", flush=True)
         client.ask(cmd="prepare", name=name, url=urls[name], kind=name)
         time.sleep(SETTLE_S)
-        result.rss_kib["before"] = rss_kib(result.pid)
+        result.rss_kib["before"] = status_kib(result.pid, "VmRSS")
         print(f"{name}: connecting {plan.clients} clients", flush=True)
         result.connect_s = client.ask(cmd="connect", name=name, count=plan.clients)["seconds"]
         time.sleep(SETTLE_S)
-        result.rss_kib["idle"] = rss_kib(result.pid)
+        result.rss_kib["idle"] = status_kib(result.pid, "VmRSS")
         result.clients = plan.clients
     print(f"{plan.rounds} broadcasts each, alternating", flush=True)
     for _ in range(plan.rounds):
@@ -642,18 +627,12 @@ def measure(
             result.client_cpu_s += cpu_seconds(client.proc.pid) - client_before
             time.sleep(PAUSE_S)
     for name, result in servers.items():
-        result.rss_kib["after_broadcasts"] = rss_kib(result.pid)
+        result.rss_kib["after_broadcasts"] = status_kib(result.pid, "VmRSS")
         client.ask(cmd="close", name=name)
     time.sleep(SETTLE_S)
     for result in servers.values():
-        result.rss_kib["after_close"] = rss_kib(result.pid)
+        result.rss_kib["after_close"] = status_kib(result.pid, "VmRSS")
     client.ask(cmd="quit")
-
-
-def percentile(values: list[float], share: float) -> float:
-    """Return the nearest-rank percentile (0 < share <= 1)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def summary(result: ServerResult) -> dict[str, Any]:
@@ -761,10 +740,7 @@ def print_ratios(summ: dict[str, Any]) -> None:
 
 def versions() -> dict[str, str]:
     """Return the versions that matter for these numbers."""
-    found = {"python": platform.python_version(), "aiohttp": version("aiohttp")}
-    with contextlib.suppress(Exception):
-        found["lanpair"] = version("lanpair")
-    return found
+    return package_versions("aiohttp", "lanpair")
 
 
 def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -787,7 +763,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         try:
             measure(client, servers, {"lanpair": lanpair_url, "bare": bare_url}, plan)
         except BaseException:
-            print(log_tail(work), file=sys.stderr)
+            print(log_tail(work / "daemon.log"), file=sys.stderr)
             raise
     finally:
         procs.stop_all()

@@ -48,7 +48,6 @@ import io
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -60,13 +59,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from common import family_cpu, log_tail, machine, percentile
+from common import versions as package_versions
 from PIL import Image
-from procfs import cpu_seconds, machine
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -224,22 +223,6 @@ def stop_daemon(daemon: Daemon) -> None:
             daemon.proc.wait()
 
 
-def log_tail(log: Path, lines: int = 30) -> str:
-    """Return the last lines of the daemon's log."""
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    return "(no log)"
-
-
-def family_cpu_s(pid: int) -> float:
-    """Return the CPU seconds of a process and of its children (the thumbnail workers)."""
-    total = cpu_seconds(pid)
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            total += sum(cpu_seconds(int(child)) for child in children.read_text().split())
-    return total
-
-
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -332,11 +315,11 @@ async def measure(
         reader = asyncio.create_task(listener.listen(socket), name="events-listener")
         preflight_ms = await preflight(session, url, listener)
         print(f"preflight: upload -> file.added in {preflight_ms:.1f} ms", flush=True)
-        cpu_before = family_cpu_s(pid)
+        cpu_before = sum(family_cpu(pid))
         started = time.monotonic()
         results = await land_all(listener, library, incoming, args)
         wall_s = time.monotonic() - started
-        cpu_s = family_cpu_s(pid) - cpu_before
+        cpu_s = sum(family_cpu(pid)) - cpu_before
         await asyncio.sleep(args.timeout)  # late and duplicate messages
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -355,12 +338,6 @@ async def measure(
         "other_events": dict(listener.other),
         "styles": {style: asdict(result) for style, result in results.items()},
     }
-
-
-def percentile(values: list[float], share: float) -> float:
-    """Return the nearest-rank percentile (0 < share <= 1)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -407,11 +384,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def versions() -> dict[str, str]:
     """Return the versions that matter for these numbers."""
-    found = {"python": platform.python_version()}
-    for package in ("aiohttp", "pillow", "watchdog", "lanpair"):
-        with contextlib.suppress(Exception):
-            found[package] = version(package)
-    return found
+    return package_versions("aiohttp", "pillow", "watchdog", "lanpair")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
