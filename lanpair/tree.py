@@ -44,8 +44,7 @@ def move_in(
     head: bytes | None = None,
 ) -> NewFile:
     """Place ``source`` (a durable file outside the gallery) at ``root/parts`` under the
-    first free name, describe it for the index, and remove its old name. Blocking: the
-    whole move is one trip to a thread.
+    first free name, describe it for the index, and remove its old name. Blocking.
 
     It is read by its old name, the same file: an open() in the watched tree would look
     to the watcher like a writer at work.
