@@ -302,7 +302,7 @@ async def _read_devices(settings: Settings) -> list[Device]:
     if not await asyncio.to_thread(database.exists):
         return []
     async with Store(database) as store:
-        return await store.devices()
+        return await store.pairings.devices()
 
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:

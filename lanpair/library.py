@@ -210,7 +210,7 @@ class Library:
         cached = self._folders.get(device.device_id)
         if cached is not None:
             return cached, device.device_id
-        folder = await self._store.device_folder(
+        folder = await self._store.pairings.device_folder(
             device.device_id,
             lambda taken: _device_folder(
                 device.device_name, device.device_id, taken | {self.pc_folder}
@@ -660,7 +660,9 @@ class Library:
         return len(removed)
 
     async def _device_folders(self) -> dict[str, str]:
-        devices = await self._store.devices()  # newest first: the newest pairing owns a folder
+        devices = (
+            await self._store.pairings.devices()
+        )  # newest first: the newest pairing owns a folder
         return {d.folder: d.device_id for d in reversed(devices) if d.folder}
 
 

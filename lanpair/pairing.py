@@ -44,8 +44,7 @@ from lanpair.errors import (
 from lanpair.events import EventHub, Presence
 from lanpair.models import Caller, Confirmation, Device, DeviceStatus, PendingPairing
 from lanpair.names import clean_text
-from lanpair.store import ConfirmOutcome, Store
-from lanpair.store.database import HandoffOutcome
+from lanpair.store import ConfirmOutcome, HandoffOutcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +225,9 @@ class Pairing:
             raise ValueError("a pairing token must come from new_token()")
         now = self._clock.now()
         token = token or new_token()
-        await self._store.add_pending(hash_token(token), now, now + self._pending_ttl, client_addr)
+        await self._store.pairings.add_pending(
+            hash_token(token), now, now + self._pending_ttl, client_addr
+        )
         log.info("issued a pairing code, valid until %s", (now + self._pending_ttl).isoformat())
         return PendingPairing(token=token, expires_at=now + self._pending_ttl)
 
@@ -252,7 +253,7 @@ class Pairing:
         # Check and count before the first await, so parallel guesses cannot pass the limit.
         self._limiter.check(client_addr)
         self._limiter.record(client_addr)
-        outcome, replaced = await self._store.confirm(
+        outcome, replaced = await self._store.pairings.confirm(
             hash_token(token) if TOKEN_RE.fullmatch(token) else None,
             now,
             device,
@@ -292,7 +293,7 @@ class Pairing:
         now = self._clock.now()
         token = new_token()
         expires = now + self._handoff_ttl
-        await self._store.add_handoff(
+        await self._store.pairings.add_handoff(
             hash_token(token), device.device_id, now, expires, client_addr
         )
         log.info("issued a hand-off for %s, valid until %s", device.device_id, to_iso(expires))
@@ -307,7 +308,7 @@ class Pairing:
         # Check and count before the first await, so parallel guesses cannot pass the limit.
         self._limiter.check(client_addr)
         self._limiter.record(client_addr)
-        outcome, device = await self._store.redeem_handoff(
+        outcome, device = await self._store.pairings.redeem_handoff(
             hash_token(token) if TOKEN_RE.fullmatch(token) else None,
             self._clock.now(),
             hash_token(device_token),
@@ -336,7 +337,9 @@ class Pairing:
         else:
             generation = self._generation
             found = (
-                await self._store.device_by_token(token_hash) if TOKEN_RE.fullmatch(token) else None
+                await self._store.pairings.device_by_token(token_hash)
+                if TOKEN_RE.fullmatch(token)
+                else None
             )
             if found is not None and generation == self._generation:  # nothing changed meanwhile
                 if len(self._known) >= MAX_KNOWN:
@@ -354,7 +357,7 @@ class Pairing:
         if self._auth_failures.allows(client_addr):
             self._auth_failures.record(client_addr)
             reason = "unknown token" if found is None else found[0].status_at(now).value
-            await self._store.audit(
+            await self._store.pairings.audit(
                 "auth_failed",
                 now,
                 device_id=found[0].device_id if found else None,
@@ -378,7 +381,7 @@ class Pairing:
             raise NotOwner("A device may revoke only its own pairing.")
         now = self._clock.now()
         by = "by owner" if caller.owner else "by itself"
-        revoked = await self._store.revoke(device.device_id, now, client_addr, by)
+        revoked = await self._store.pairings.revoke(device.device_id, now, client_addr, by)
         self._forget_tokens()
         if revoked is None:
             raise NotFound("No paired device has that id.")
@@ -391,7 +394,7 @@ class Pairing:
 
     async def devices(self) -> list[Device]:
         """Return every device ever paired, with its status as of now."""
-        return await self._store.devices()
+        return await self._store.pairings.devices()
 
     def status(self, device: Device) -> DeviceStatus:
         """Return a device's status as of now."""
@@ -406,9 +409,9 @@ class Pairing:
 
     async def _resolve(self, target: str) -> Device | None:
         if DEVICE_ID_RE.fullmatch(target):
-            return await self._store.device(target)
+            return await self._store.pairings.device(target)
         if TOKEN_RE.fullmatch(target):
-            found = await self._store.device_by_token(hash_token(target))
+            found = await self._store.pairings.device_by_token(hash_token(target))
             return found[0] if found else None
         return None
 
@@ -420,4 +423,4 @@ class Pairing:
         last = self._seen.get(device.device_id)
         if last is None or now - last >= SEEN_EVERY:
             self._seen[device.device_id] = now
-            await self._store.touch(device.device_id, now)
+            await self._store.pairings.touch(device.device_id, now)

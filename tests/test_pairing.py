@@ -154,7 +154,7 @@ async def test_authenticate_records_last_seen(world: World) -> None:
     confirmation = await pair(world)
     world.clock.advance(5)
     await world.pairing.authenticate(confirmation.device_token, PHONE)
-    stored = await world.store.device(confirmation.device.device_id)
+    stored = await world.store.pairings.device(confirmation.device.device_id)
     assert stored is not None
     assert stored.last_seen == world.clock.now()
 
@@ -248,7 +248,7 @@ async def test_repairing_same_client_revokes_old_pairing(world: World) -> None:
     with pytest.raises(NotPaired):
         await world.pairing.authenticate(old.device_token, PHONE)
     await world.pairing.authenticate(new.device_token, PHONE)
-    stored = await world.store.device(old.device.device_id)
+    stored = await world.store.pairings.device(old.device.device_id)
     assert stored is not None
     assert stored.status is DeviceStatus.REVOKED
 
@@ -362,7 +362,7 @@ async def test_device_names_are_cleaned(world: World, raw: str, clean: str) -> N
     """Names lose control and direction-override characters (emoji joiners stay), end NFC."""
     confirmation = await pair(world, name=raw)
     assert confirmation.device.device_name == clean
-    stored = await world.store.device(confirmation.device.device_id)
+    stored = await world.store.pairings.device(confirmation.device.device_id)
     assert stored is not None
     assert stored.device_name == clean
 
@@ -423,7 +423,7 @@ async def test_only_token_hashes_are_stored(world: World) -> None:
 
 async def audit_rows(world: World) -> list[dict[str, object]]:
     """Return the audit log oldest first."""
-    return list(reversed(await world.store.audit_log(limit=1000)))
+    return list(reversed(await world.store.pairings.audit_log(limit=1000)))
 
 
 async def test_audit_log_records_the_lifecycle(world: World) -> None:

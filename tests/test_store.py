@@ -44,7 +44,7 @@ async def test_reopening_does_not_rerun_migrations(
     db = tmp_path / "db"
     with caplog.at_level(logging.INFO, logger="lanpair.store"):
         async with Store(db) as first:
-            await first.audit("generate", NOW)
+            await first.pairings.audit("generate", NOW)
         assert any("migrating" in r.getMessage() for r in caplog.records)
         caplog.clear()
         async with Store(db) as second:
@@ -65,8 +65,10 @@ async def test_journal_mode_is_wal(tmp_path: Path) -> None:
 async def test_concurrent_audit_writes_all_land(tmp_path: Path) -> None:
     """200 audit writes started at once all commit, each exactly once."""
     async with Store(tmp_path / "db") as opened:
-        await asyncio.gather(*(opened.audit("generate", NOW, detail=str(i)) for i in range(200)))
-        rows = await opened.audit_log(limit=1000)
+        await asyncio.gather(
+            *(opened.pairings.audit("generate", NOW, detail=str(i)) for i in range(200))
+        )
+        rows = await opened.pairings.audit_log(limit=1000)
     assert len(rows) == 200
     assert sorted(int(str(row["detail"])) for row in rows) == list(range(200))
 
@@ -87,7 +89,7 @@ async def test_failed_write_rolls_back(tmp_path: Path) -> None:
             await opened.write(insert_then_fail)
         assert await opened.read(lambda c: count(c, "audit")) == 0
         assert await opened.read(lambda c: count(c, "meta")) == 0
-        await opened.audit("after", NOW)
+        await opened.pairings.audit("after", NOW)
         assert await opened.read(lambda c: count(c, "audit")) == 1
 
 
@@ -105,12 +107,12 @@ async def test_reads_run_while_open_and_see_committed_writes(tmp_path: Path) -> 
     """Reads work while the store is open, concurrently, and see what writes committed."""
     async with Store(tmp_path / "db") as opened:
         assert await opened.read(lambda c: c.execute("SELECT 1").fetchone()[0]) == 1
-        await opened.audit("generate", NOW, client_addr="10.0.0.1")
+        await opened.pairings.audit("generate", NOW, client_addr="10.0.0.1")
         counts = await asyncio.gather(
             *(opened.read(lambda c: count(c, "audit")) for _ in range(20))
         )
         assert counts == [1] * 20
-        [row] = await opened.audit_log()
+        [row] = await opened.pairings.audit_log()
         assert row["client_addr"] == "10.0.0.1"
         assert row["time"] == "2026-01-01T00:00:00Z"
 
@@ -147,7 +149,7 @@ async def test_a_schema_2_database_upgrades_and_keeps_its_pairings(tmp_path: Pat
                '2026-01-01T00:00:00Z', '2026-02-01T00:00:00Z')"""
         )
     async with Store(db) as opened:
-        found = await opened.device_by_token(b"\x01")
+        found = await opened.pairings.device_by_token(b"\x01")
         assert found is not None
         assert found[0].device_id == "dev_old"
         assert await opened.read(lambda c: count(c, "device_tokens")) == 0

@@ -155,7 +155,7 @@ async def sync(request: web.Request) -> web.Response:
         (present if have else missing).append(e["original"])
     if device_id is not None:
         now = services.clock.now()
-        await services.store.record_sync(device_id, now)
+        await services.store.pairings.record_sync(device_id, now)
         request.app[HUB_KEY].publish(
             "device.synced", {"device_id": device_id, "last_sync": to_iso(now)}
         )

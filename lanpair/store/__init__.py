@@ -1,7 +1,9 @@
 """SQLite state: pairings, devices, the file index and the audit log, in one WAL database."""
 
-from lanpair.store.database import MIGRATIONS, ConfirmOutcome, Store
+from lanpair.store.database import Store
 from lanpair.store.files import FileQuery, FileStat, FileTable, Indexed
+from lanpair.store.pairings import ConfirmOutcome, HandoffOutcome, PairingTable
+from lanpair.store.schema import MIGRATIONS
 
 __all__ = [
     "MIGRATIONS",
@@ -9,6 +11,8 @@ __all__ = [
     "FileQuery",
     "FileStat",
     "FileTable",
+    "HandoffOutcome",
     "Indexed",
+    "PairingTable",
     "Store",
 ]
