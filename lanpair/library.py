@@ -576,7 +576,12 @@ class Library:
             asyncio.to_thread(tree.stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
-        await self._reconcile(tree.Diff.of(indexed, on_disk), announce=True)
+        diff = tree.Diff.of(indexed, on_disk)
+        added, removed = await self._reconcile(diff, announce=True)
+        if added or removed:  # one line per batch of the watcher's, however big
+            names = [*diff.changed, *(stat.relpath for stat in diff.gone)]
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            log.info("noticed on disk: %d new or changed, %d gone (%s)", added, removed, shown)
 
     async def _reconcile(self, diff: tree.Diff, *, announce: bool) -> tuple[int, int]:
         """Make the index say what the disk has for these paths; return how many files were

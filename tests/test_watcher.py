@@ -105,8 +105,9 @@ async def test_a_burst_of_1000_files_gives_1000_events_without_duplicates(
 
 
 async def test_cp_mv_in_mv_out_rename_and_delete_each_give_their_event(
-    watched: tuple[Daemon, Path, Subscription], tmp_path: Path
+    watched: tuple[Daemon, Path, Subscription], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lanpair.library")
     _daemon, folder, subscription = watched
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -136,6 +137,10 @@ async def test_cp_mv_in_mv_out_rename_and_delete_each_give_their_event(
     (folder / "b.jpg").unlink()
     [deleted] = await collect(subscription)
     assert (deleted.type, deleted.data) == ("file.removed", {"id": moved_in.data["item"]["id"]})
+    # The daemon says what it noticed, in plain lines.
+    noticed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("noticed")]
+    assert f"noticed on disk: 1 new or changed, 0 gone ({FOLDER}/a.jpg)" in noticed
+    assert f"noticed on disk: 0 new or changed, 1 gone ({FOLDER}/b.jpg)" in noticed
 
 
 async def test_a_temp_then_rename_copy_like_rsync_announces_only_the_final_name(
