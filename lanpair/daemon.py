@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
-from lanpair import discovery, netif, tls
+from lanpair import advertise, discovery, netif, tls
 from lanpair.clock import Clock, SystemClock
 from lanpair.config import Settings
 from lanpair.errors import CertificateError, ConfigError
@@ -327,12 +327,12 @@ class Announcer:
     def __init__(self, settings: Settings, site: Site) -> None:
         self._settings = settings
         self._site = site
-        self._advertisement: discovery.Advertisement | None = None
+        self._advertisement: advertise.Advertisement | None = None
 
     async def __aenter__(self) -> Self:
         """Advertise on the LAN; take the .local name the advertisement got."""
         site = self._site
-        advertisement = discovery.Advertisement(
+        advertisement = advertise.Advertisement(
             name=site.name,
             hostname=site.hostname,
             port=site.port,

@@ -25,6 +25,7 @@ from lan import FORBID_ENV, Host, Lan, avahi_unavailable, netns_inode, start_ava
 from support import skip_or_fail
 
 from lanpair import discovery
+from lanpair.advertise import MAX_LABEL_BYTES, Advertisement, instance_name, numbered, txt_record
 
 FINGERPRINT = "q1w2e3r4t5y6u7i8o9p0-_ASDFGHJKLZXCVBNMqwert"
 AGENT_TIMEOUT_S = 15.0
@@ -337,19 +338,19 @@ def test_the_guard_refuses_the_namespace_it_names(monkeypatch: pytest.MonkeyPatc
 
 def test_long_display_names_fit_one_dns_label_even_when_numbered() -> None:
     """Instance names stay within 63 bytes, dots and control characters removed."""
-    name = discovery.instance_name("Ånna's.PC\x07 " + "ü" * 60)
-    assert len(name.encode()) <= discovery.MAX_LABEL_BYTES
+    name = instance_name("Ånna's.PC\x07 " + "ü" * 60)
+    assert len(name.encode()) <= MAX_LABEL_BYTES
     assert name.startswith("Ånna's-PC ü")
-    numbered = discovery.numbered(name, 12)
-    assert numbered.endswith(" (12)")
-    assert len(numbered.encode()) <= discovery.MAX_LABEL_BYTES
+    twelfth = numbered(name, 12)
+    assert twelfth.endswith(" (12)")
+    assert len(twelfth.encode()) <= MAX_LABEL_BYTES
 
 
 def test_txt_items_over_255_bytes_are_refused() -> None:
     """A TXT string holds at most 255 bytes: key=value beyond that is an error, not a cut."""
-    assert discovery.txt_record({"id": "x" * 252, "fp": None}) == {"id": "x" * 252}
+    assert txt_record({"id": "x" * 252, "fp": None}) == {"id": "x" * 252}
     with pytest.raises(ValueError, match="'id'"):
-        discovery.txt_record({"id": "x" * 253})
+        txt_record({"id": "x" * 253})
 
 
 @pytest.fixture(autouse=True)
@@ -368,7 +369,7 @@ def _emit(**fields: Any) -> None:
 
 async def _advertise(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
-    async with discovery.Advertisement(**config) as advertisement:
+    async with Advertisement(**config) as advertisement:
         _emit(
             event="ready",
             name=advertisement.name,
