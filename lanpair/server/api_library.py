@@ -91,9 +91,12 @@ async def _receive(
     progress = UploadProgress(request.app[HUB_KEY], who.device, name=raw_name, total=size)
     try:
         name = safe_relpath(raw_name)[-1]  # browser uploads keep the base name only
-        stored = await library.receive(
-            who, (name,), part.chunks(), modified=modified, on_bytes=progress.add
-        )
+        # Closed here even when the upload stops part-way: a suspended generator would keep
+        # the request alive until it is finalized.
+        async with contextlib.aclosing(part.chunks()) as chunks:
+            stored = await library.receive(
+                who, (name,), chunks, modified=modified, on_bytes=progress.add
+            )
     except (UnsafeName, errors.BadRequest) as exc:
         progress.end("failed")
         if isinstance(exc, errors.BodyTooLarge):

@@ -10,7 +10,7 @@ part's end only to push them back (for 200 KiB photos, ~6 MiB copied each).
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from email.message import Message
 from typing import Any
 
@@ -42,7 +42,7 @@ class FormPart:
         filename = disposition.get_filename()
         self.filename = None if filename is None else str(filename)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Yield the part's bytes as they arrive."""
         while (event := await self._reader.event()) is not None and event[0] == _DATA:
             yield event[1]
