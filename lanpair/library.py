@@ -665,9 +665,8 @@ class Library:
         return len(removed)
 
     async def _device_folders(self) -> dict[str, str]:
-        devices = (
-            await self._store.pairings.devices()
-        )  # newest first: the newest pairing owns a folder
+        # newest first: the newest pairing owns a folder
+        devices = await self._store.pairings.devices()
         return {d.folder: d.device_id for d in reversed(devices) if d.folder}
 
 

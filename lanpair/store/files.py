@@ -90,13 +90,14 @@ class FileTable:
         """Return one file by id."""
         return await self._store.read(lambda c: _maybe(c, "id = ?", (file_id,)))
 
-    async def by_sha256(self, sha256: str) -> list[FileRecord]:
-        """Return the files with this content."""
-        return await self._store.read(lambda conn: _by_sha256(conn, sha256))
-
     def by_sha256_here(self, sha256: str) -> list[FileRecord]:
         """Return the files with this content, read on the calling thread. Blocking."""
-        return self._store.read_here(lambda conn: _by_sha256(conn, sha256))
+
+        def by_sha256(conn: sqlite3.Connection) -> list[FileRecord]:
+            rows = conn.execute("SELECT * FROM files WHERE sha256 = ?", (sha256,)).fetchall()
+            return [_record(row) for row in rows]
+
+        return self._store.read_here(by_sha256)
 
     async def present(
         self, folder: str, paths_sizes: Iterable[tuple[str, int]], sha256s: Iterable[str]
@@ -438,11 +439,6 @@ def _trashed(row: sqlite3.Row) -> TrashedFile:
         deleted_at=deleted,
         deleted_by=row["deleted_by"],
     )
-
-
-def _by_sha256(conn: sqlite3.Connection, sha256: str) -> list[FileRecord]:
-    rows = conn.execute("SELECT * FROM files WHERE sha256 = ?", (sha256,)).fetchall()
-    return [_record(row) for row in rows]
 
 
 def _record(row: sqlite3.Row | Mapping[str, Any]) -> FileRecord:
