@@ -40,12 +40,15 @@ def family_cpu(pid: int) -> tuple[float, float]:
     return cpu_seconds(pid), sum(cpu_seconds(child) for child in children_of(pid))
 
 
-def status_kib(pid: int, key: str) -> int:
-    """Return a kB value (VmHWM, VmRSS) from /proc/<pid>/status; 0 if absent."""
+def status_kib(pid: int, key: str, *, required: bool = False) -> int:
+    """Return a kB value (VmHWM, VmRSS) from /proc/<pid>/status; 0 if absent (the process
+    is gone), or with ``required`` a RuntimeError."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
+    if required:
+        raise RuntimeError(f"no {key} for PID {pid}")
     return 0
 
 

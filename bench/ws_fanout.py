@@ -612,11 +612,11 @@ def measure(
         print(f"{name}: warming up", flush=True)
         client.ask(cmd="prepare", name=name, url=urls[name], kind=name)
         time.sleep(SETTLE_S)
-        result.rss_kib["before"] = status_kib(result.pid, "VmRSS")
+        result.rss_kib["before"] = status_kib(result.pid, "VmRSS", required=True)
         print(f"{name}: connecting {plan.clients} clients", flush=True)
         result.connect_s = client.ask(cmd="connect", name=name, count=plan.clients)["seconds"]
         time.sleep(SETTLE_S)
-        result.rss_kib["idle"] = status_kib(result.pid, "VmRSS")
+        result.rss_kib["idle"] = status_kib(result.pid, "VmRSS", required=True)
         result.clients = plan.clients
     print(f"{plan.rounds} broadcasts each, alternating", flush=True)
     for _ in range(plan.rounds):
@@ -627,11 +627,11 @@ def measure(
             result.client_cpu_s += cpu_seconds(client.proc.pid) - client_before
             time.sleep(PAUSE_S)
     for name, result in servers.items():
-        result.rss_kib["after_broadcasts"] = status_kib(result.pid, "VmRSS")
+        result.rss_kib["after_broadcasts"] = status_kib(result.pid, "VmRSS", required=True)
         client.ask(cmd="close", name=name)
     time.sleep(SETTLE_S)
     for result in servers.values():
-        result.rss_kib["after_close"] = status_kib(result.pid, "VmRSS")
+        result.rss_kib["after_close"] = status_kib(result.pid, "VmRSS", required=True)
     client.ask(cmd="quit")
 
 
