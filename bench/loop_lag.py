@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from lanpair import tls
+from lanpair import certs, tls
 from lanpair.clock import SystemClock
 from lanpair.library import Library
 from lanpair.models import Site
@@ -73,7 +73,7 @@ async def main(mib: int, use_tls: bool) -> None:
                 file.write(bytes(1 << 20))
         paths = Paths(root / "data")
         paths.ensure()
-        info = tls.ensure_certificate(paths.tls_key, paths.tls_cert, hostname="lag", addresses=[])
+        info = certs.ensure_certificate(paths.tls_key, paths.tls_cert, hostname="lag", addresses=[])
         clock = SystemClock()
         async with Store(paths.database) as store:
             library = Library(

@@ -187,7 +187,7 @@ async def _set_up_tls(settings: Settings, paths: Paths, clock: Clock) -> tls.Ser
         log.warning("TLS is off (--no-tls): serving plain HTTP; anyone on the LAN can read traffic")
         return None
     try:
-        info = await asyncio.to_thread(_ensure_cert, settings.hostname, paths, clock)
+        info = await _ensure_cert(settings.hostname, paths, clock)
         server_tls = await asyncio.to_thread(tls.ServerTls, info)
     except CertificateError as exc:
         log.error("TLS COULD NOT BE SET UP (%s): SERVING PLAIN HTTP", exc)
@@ -196,12 +196,12 @@ async def _set_up_tls(settings: Settings, paths: Paths, clock: Clock) -> tls.Ser
     return server_tls
 
 
-def _ensure_cert(hostname: str, paths: Paths, clock: Clock) -> tls.CertInfo:
-    return tls.ensure_certificate(
+async def _ensure_cert(hostname: str, paths: Paths, clock: Clock) -> tls.CertInfo:
+    return await tls.ensure_certificate(
         paths.tls_key,
         paths.tls_cert,
         hostname=hostname,
-        addresses=netif.lan_addresses(),
+        addresses=await asyncio.to_thread(netif.lan_addresses),
         now=clock.now(),
     )
 
@@ -310,7 +310,7 @@ async def _watch_network(
             if time.monotonic() - cert_checked > CERT_CHECK_S:
                 cert_stale = True
             if server_tls is not None and cert_stale:
-                info = await asyncio.to_thread(_ensure_cert, site.hostname, paths, clock)
+                info = await _ensure_cert(site.hostname, paths, clock)
                 if info != server_tls.info:
                     await asyncio.to_thread(server_tls.use, info)
                 cert_checked, cert_stale = time.monotonic(), False

@@ -8,7 +8,7 @@ of any Python option (no event-loop hops per chunk, no memory-BIO copies), and n
 here imports aiohttp, which costs ~0.3 s to import on a small machine — most of what
 separates ``lanpair push`` from ``curl`` on one big file.
 
-The pin is the SHA-256 of the certificate's SubjectPublicKeyInfo (``tls.spki_fingerprint``
+The pin is the SHA-256 of the certificate's SubjectPublicKeyInfo (``certs.spki_fingerprint``
 on the daemon's side), checked after the handshake and before a byte of a request is
 sent. The certificate comes from the TLS library already parsed as valid DER; ``spki_of``
 only walks to its seventh field, so the client side needs no X.509 library

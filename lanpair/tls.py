@@ -1,35 +1,33 @@
-"""The daemon's TLS identity: a P-256 key made once, and self-signed certificates re-issued over it.
+"""The daemon's TLS: its listening context, and its certificate, made by a short-lived child.
 
-The pinned fingerprint is the SHA-256 of the SubjectPublicKeyInfo, so re-issuing the
-certificate for new addresses or before expiry never breaks a client's pin.
+The X.509 work is ``lanpair.certs``, run as ``python -m lanpair.certs`` at start, when the
+addresses change and every few hours; the daemon itself needs only ``ssl``. This module
+holds what both sides share: ``CertInfo`` and the fingerprint's text form.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hashlib
 import ipaddress
+import json
 import logging
 import os
 import ssl
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import Any
 
 from lanpair.errors import CertificateError
-from lanpair.paths import replace_file
 
 log = logging.getLogger(__name__)
+child_log = logging.getLogger("lanpair.certs")
 
-VALIDITY = timedelta(days=365)  # Apple refuses TLS server certificates valid > 825 days
-RENEW_BEFORE = timedelta(days=30)
-CLOCK_SKEW = timedelta(hours=1)
+HELPER_TIMEOUT_S = 60.0  # making a key and a certificate takes ~0.3 s; a stuck disk, longer
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -45,18 +43,28 @@ class CertInfo:
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the fields as JSON values."""
+        return {
+            "cert_path": str(self.cert_path),
+            "key_path": str(self.key_path),
+            "fingerprint": self.fingerprint,
+            "not_after": self.not_after.isoformat(),
+            "dns_names": list(self.dns_names),
+            "ip_addresses": list(self.ip_addresses),
+        }
 
-def spki_digest(cert: x509.Certificate) -> bytes:
-    """Return the SHA-256 of a certificate's SubjectPublicKeyInfo (DER)."""
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).digest()
-
-
-def spki_fingerprint(cert: x509.Certificate) -> str:
-    """Return the pin: SHA-256 of the SubjectPublicKeyInfo (DER), unpadded base64url."""
-    return encode_fingerprint(spki_digest(cert))
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CertInfo:
+        """Read what ``to_json`` wrote. Raises KeyError, TypeError or ValueError."""
+        return cls(
+            cert_path=Path(data["cert_path"]),
+            key_path=Path(data["key_path"]),
+            fingerprint=str(data["fingerprint"]),
+            not_after=datetime.fromisoformat(data["not_after"]),
+            dns_names=tuple(map(str, data["dns_names"])),
+            ip_addresses=tuple(map(str, data["ip_addresses"])),
+        )
 
 
 def encode_fingerprint(digest: bytes) -> str:
@@ -64,58 +72,70 @@ def encode_fingerprint(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def decode_fingerprint(fingerprint: str) -> bytes:
-    """Read a pin written by encode_fingerprint. Raises ValueError."""
-    digest = base64.urlsafe_b64decode(fingerprint + "=" * (-len(fingerprint) % 4))
-    if len(digest) != hashlib.sha256().digest_size:
-        raise ValueError(f"{fingerprint!r} is not a SHA-256 fingerprint")
-    return digest
-
-
-def peer_digest(cert_der: bytes) -> bytes:
-    """Return the pin digest of a DER-encoded certificate a peer presented."""
-    return spki_digest(x509.load_der_x509_certificate(cert_der))
-
-
-def ensure_certificate(
+async def ensure_certificate(
     key_path: Path,
     cert_path: Path,
     *,
     hostname: str,
     addresses: Iterable[IPAddress],
-    now: datetime | None = None,
+    now: datetime,
 ) -> CertInfo:
     """Return a certificate covering ``hostname``.local and ``addresses``, issuing one if needed.
 
-    The key is made on first use and kept; a certificate is re-issued over it when its
-    names no longer cover what is asked for or fewer than 30 days remain. Blocking.
+    ``certs.ensure_certificate`` does the work, in a child process; its log lines are
+    logged here. Raises CertificateError.
     """
-    now = now or datetime.now(UTC)
-    dns_names = ("localhost", f"{hostname}.local")
-    wanted = sorted(
-        {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"), *addresses},
-        key=lambda a: (a.version, int(a)),
-    )
+    request = {
+        "key_path": str(key_path),
+        "cert_path": str(cert_path),
+        "hostname": hostname,
+        "addresses": [str(a) for a in addresses],
+        "now": now.isoformat(),
+    }
+    # -P, and this package first on the path: the child runs this very lanpair, never one
+    # that happens to sit in the daemon's working directory.
+    path = [PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
     try:
-        key = _load_or_make_key(key_path)
-        current = _load_cert(cert_path)
-        if current is not None and _still_good(current, key, dns_names, wanted, now):
-            return _info(current, cert_path, key_path)
-        cert = _issue(key, hostname, dns_names, wanted, now)
-        pem = cert.public_bytes(serialization.Encoding.PEM)
-        replace_file(cert_path, pem, mode=0o644, durable=True)
-    except (OSError, ValueError) as exc:
+        child = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-P", "-m", "lanpair.certs"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+        )
+    except OSError as exc:
+        raise CertificateError(f"Cannot start the certificate helper: {exc}") from exc
+    try:
+        async with asyncio.timeout(HELPER_TIMEOUT_S):
+            out, err = await child.communicate(json.dumps(request).encode())
+    except TimeoutError:
         raise CertificateError(
-            f"Cannot set up the TLS certificate in {cert_path.parent}: {exc}"
-        ) from exc
-    reason = "first start" if current is None else "names or expiry changed"
-    log.info(
-        "issued a TLS certificate (%s) for %s, valid until %s",
-        reason,
-        ", ".join([*dns_names, *map(str, wanted)]),
-        cert.not_valid_after_utc.date(),
-    )
-    return _info(cert, cert_path, key_path)
+            f"The certificate helper did not finish within {HELPER_TIMEOUT_S:.0f} s"
+        ) from None
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    _relay(err.decode(errors="replace"))
+    try:
+        answer = json.loads(out)
+        if child.returncode == 0:
+            return CertInfo.from_json(answer)
+        message = str(answer["error"])
+    except (KeyError, TypeError, ValueError):
+        message = f"The certificate helper failed (exit status {child.returncode})"
+    raise CertificateError(message)
+
+
+def _relay(text: str) -> None:
+    """Log the child's lines ("LEVEL message") at their level; anything else as a warning."""
+    levels = logging.getLevelNamesMapping()
+    for line in text.splitlines():
+        name, _, message = line.partition(" ")
+        if name in levels and message:
+            child_log.log(levels[name], "%s", message)
+        elif line.strip():
+            child_log.warning("%s", line)
 
 
 def server_context(info: CertInfo) -> ssl.SSLContext:
@@ -127,119 +147,6 @@ def server_context(info: CertInfo) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise CertificateError(f"Cannot load the TLS certificate: {exc}") from exc
     return context
-
-
-def _load_or_make_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
-        log.info("made a new TLS key in %s", path)
-        return key
-    loaded = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path} is not an EC private key")
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    return loaded
-
-
-def _load_cert(path: Path) -> x509.Certificate | None:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        log.warning("the TLS certificate in %s is unreadable; issuing a new one", path)
-        return None
-
-
-def _still_good(
-    cert: x509.Certificate,
-    key: ec.EllipticCurvePrivateKey,
-    dns_names: tuple[str, ...],
-    addresses: list[IPAddress],
-    now: datetime,
-) -> bool:
-    if cert.public_key() != key.public_key():
-        return False
-    if cert.not_valid_after_utc - now < RENEW_BEFORE or cert.not_valid_before_utc > now:
-        return False
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    have_dns = set(san.get_values_for_type(x509.DNSName))
-    have_ips = set(san.get_values_for_type(x509.IPAddress))
-    return set(dns_names) <= have_dns and set(addresses) <= have_ips
-
-
-def _issue(
-    key: ec.EllipticCurvePrivateKey,
-    hostname: str,
-    dns_names: tuple[str, ...],
-    addresses: list[IPAddress],
-    now: datetime,
-) -> x509.Certificate:
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{hostname}.local"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lanpair"),
-        ]
-    )
-    not_before = now - CLOCK_SKEW
-    san = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(a) for a in addresses]
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _info(cert: x509.Certificate, cert_path: Path, key_path: Path) -> CertInfo:
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return CertInfo(
-        cert_path=cert_path,
-        key_path=key_path,
-        fingerprint=spki_fingerprint(cert),
-        not_after=cert.not_valid_after_utc,
-        dns_names=tuple(san.get_values_for_type(x509.DNSName)),
-        ip_addresses=tuple(str(a) for a in san.get_values_for_type(x509.IPAddress)),
-    )
 
 
 class ServerTls:

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp_pin import SpkiPin
 from lan import Lan
 
-from lanpair import tls
+from lanpair import certs, tls
 from lanpair.clock import ManualClock
 from lanpair.events import EventHub
 from lanpair.library import Library
@@ -71,7 +71,7 @@ StartDaemon = Callable[..., Awaitable[Daemon]]
 def cert_info(tmp_path_factory: pytest.TempPathFactory) -> tls.CertInfo:
     """Return a certificate made for this test session's daemon."""
     folder = tmp_path_factory.mktemp("tls")
-    return tls.ensure_certificate(
+    return certs.ensure_certificate(
         folder / "key.pem",
         folder / "cert.pem",
         hostname="testhost",

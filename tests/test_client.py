@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from client_support import digests, make_big, make_photos, wait_for_part
 
-from lanpair import credentials, pinned, tls
+from lanpair import certs, credentials, pinned
 from lanpair.client_commands import parse_link
 from lanpair.errors import BadPairingLink
 
@@ -253,13 +253,13 @@ def test_what_is_not_a_pairing_link_is_refused(link: str) -> None:
 
 
 def test_the_stdlib_pin_matches_the_daemons_fingerprint(tmp_path: Path) -> None:
-    """pinned's SPKI walk gives the fingerprint tls computes with cryptography."""
+    """pinned's SPKI walk gives the fingerprint certs computes with cryptography."""
     import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    info = tls.ensure_certificate(
+    info = certs.ensure_certificate(
         tmp_path / "key.pem",
         tmp_path / "cert.pem",
         hostname="somehost",

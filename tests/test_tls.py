@@ -6,8 +6,11 @@ import asyncio
 import base64
 import hashlib
 import ipaddress
+import logging
 import ssl
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from lanpair import tls
+from lanpair import certs, tls
 from lanpair.errors import CertificateError
 
 V4 = ipaddress.ip_address("10.77.0.1")
@@ -29,7 +32,7 @@ def issue(
     folder: Path, *addresses: tls.IPAddress, hostname: str = "studio", now: datetime = NOW
 ) -> tls.CertInfo:
     """Run ensure_certificate with the key and certificate under ``folder``/tls."""
-    return tls.ensure_certificate(
+    return certs.ensure_certificate(
         folder / "tls" / "key.pem",
         folder / "tls" / "cert.pem",
         hostname=hostname,
@@ -130,7 +133,7 @@ def test_fingerprint_is_sha256_of_spki(tmp_path: Path) -> None:
     assert info.fingerprint == expected
     assert len(info.fingerprint) == 43
     der = load_cert(info).public_bytes(serialization.Encoding.DER)
-    assert tls.encode_fingerprint(tls.peer_digest(der)) == expected
+    assert certs.spki_fingerprint(x509.load_der_x509_certificate(der)) == expected
 
 
 def test_same_inputs_do_not_reissue(tmp_path: Path) -> None:
@@ -236,7 +239,7 @@ async def test_tls_handshake_verifies_against_the_certificate(tmp_path: Path) ->
         try:
             assert await reader.readline() == b"hello\n"
             peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            assert tls.encode_fingerprint(tls.peer_digest(peer)) == info.fingerprint
+            assert certs.spki_fingerprint(x509.load_der_x509_certificate(peer)) == info.fingerprint
         finally:
             writer.close()
             await writer.wait_closed()
@@ -247,7 +250,7 @@ async def test_tls_handshake_verifies_against_the_certificate(tmp_path: Path) ->
 
 async def test_server_tls_hands_new_connections_the_reissued_certificate(tmp_path: Path) -> None:
     """After use(new), new handshakes get the new certificate over the same key and pin."""
-    first = tls.ensure_certificate(
+    first = certs.ensure_certificate(
         tmp_path / "key.pem", tmp_path / "cert.pem", hostname="pc", addresses=[]
     )
     server_tls = tls.ServerTls(first)
@@ -267,7 +270,7 @@ async def test_server_tls_hands_new_connections_the_reissued_certificate(tmp_pat
 
     try:
         before = await presented()
-        second = tls.ensure_certificate(
+        second = certs.ensure_certificate(
             tmp_path / "key.pem",
             tmp_path / "cert.pem",
             hostname="pc",
@@ -279,4 +282,70 @@ async def test_server_tls_hands_new_connections_the_reissued_certificate(tmp_pat
         server.close()
         await server.wait_closed()
     assert after.serial_number != before.serial_number
-    assert tls.spki_fingerprint(after) == tls.spki_fingerprint(before) == first.fingerprint
+    assert certs.spki_fingerprint(after) == certs.spki_fingerprint(before) == first.fingerprint
+
+
+async def test_the_daemon_gets_its_certificate_from_a_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tls.ensure_certificate runs certs in a child: same answer, its log lines logged here."""
+    caplog.set_level(logging.INFO)
+    folder = tmp_path / "tls"
+    made = await tls.ensure_certificate(
+        folder / "key.pem", folder / "cert.pem", hostname="studio", addresses=[V4, V6], now=NOW
+    )
+    assert made == issue(tmp_path, V6, V4)  # the same certificate, not issued again
+    relayed = [r for r in caplog.records if r.name == "lanpair.certs"]
+    assert [r.levelno for r in relayed] == [logging.INFO, logging.INFO]
+    assert relayed[0].getMessage().startswith("made a new TLS key in ")
+    assert relayed[1].getMessage().startswith("issued a TLS certificate (first start) for ")
+    assert "10.77.0.1" in relayed[1].getMessage()
+
+    caplog.clear()
+    later = NOW + timedelta(days=340)
+    renewed = await tls.ensure_certificate(
+        folder / "key.pem", folder / "cert.pem", hostname="studio", addresses=[V4], now=later
+    )
+    assert renewed.fingerprint == made.fingerprint
+    assert renewed.not_after > made.not_after
+    assert "(names or expiry changed)" in caplog.text
+
+
+async def test_a_refusal_in_the_child_is_a_certificate_error(tmp_path: Path) -> None:
+    """The child's CertificateError comes back as one, with its message; nothing is made."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CertificateError, match=r"Cannot set up the TLS certificate in .*file"):
+        await tls.ensure_certificate(
+            blocker / "key.pem", blocker / "cert.pem", hostname="pc", addresses=[], now=NOW
+        )
+
+
+async def test_a_child_that_cannot_answer_is_a_certificate_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child that dies without an answer: CertificateError, and what it printed is logged."""
+    monkeypatch.setattr(tls, "PACKAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    (tmp_path / "lanpair").mkdir()
+    (tmp_path / "lanpair" / "__init__.py").write_text("")
+    (tmp_path / "lanpair" / "certs.py").write_text("raise SystemExit('broken install')\n")
+    with pytest.raises(CertificateError, match=r"helper failed \(exit status 1\)"):
+        await tls.ensure_certificate(
+            tmp_path / "key.pem", tmp_path / "cert.pem", hostname="pc", addresses=[], now=NOW
+        )
+    assert "broken install" in caplog.text
+    assert not (tmp_path / "key.pem").exists()
+
+
+def test_the_daemon_never_imports_cryptography() -> None:
+    """Starting the daemon's code loads neither cryptography nor lanpair.certs."""
+    probe = (
+        "import sys, lanpair.cli, lanpair.daemon\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'cryptography'"
+        " or m == 'lanpair.certs'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
