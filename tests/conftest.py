@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
@@ -21,7 +22,7 @@ from lanpair.library import Library
 from lanpair.netif import LocalAddressSet
 from lanpair.pairing import Pairing
 from lanpair.paths import LibraryPaths, Paths
-from lanpair.server import Services, Site, create_app
+from lanpair.server import Services, Site, create_app, serving
 from lanpair.store import Store
 from lanpair.watcher import WatchMode
 
@@ -82,9 +83,8 @@ def cert_info(tmp_path_factory: pytest.TempPathFactory) -> tls.CertInfo:
 @pytest.fixture
 async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[StartDaemon]:
     """Yield a factory that serves the app; ``owner_addresses`` steers the owner check."""
-    runners: list[web.AppRunner] = []
+    servers = contextlib.AsyncExitStack()
     stores: list[Store] = []
-    sockets: list[socket.socket] = []
     libraries: list[Library] = []
 
     async def start(
@@ -102,7 +102,6 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
         await store.__aenter__()
         stores.append(store)
         sock = socket.create_server(("127.0.0.1", 0))
-        sockets.append(sock)
         port = sock.getsockname()[1]
         site = Site(
             name="Test PC",
@@ -145,10 +144,8 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
             owner_addresses=owner_addresses if owner_addresses is not None else LocalAddressSet(),
         )
         app = create_app(services)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        runners.append(runner)
-        await web.SockSite(runner, sock, ssl_context=tls.server_context(cert_info)).start()
+        context = tls.server_context(cert_info)
+        await servers.enter_async_context(serving(app, [sock], context, shutdown_timeout_s=3.0))
         return Daemon(
             url=f"https://127.0.0.1:{port}",
             port=port,
@@ -162,14 +159,11 @@ async def make_daemon(tmp_path: Path, cert_info: tls.CertInfo) -> AsyncIterator[
         )
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    await servers.aclose()
     for library in libraries:
         await library.__aexit__(None, None, None)
     for store in stores:
         await store.__aexit__(None, None, None)
-    for sock in sockets:
-        sock.close()
 
 
 @pytest.fixture
