@@ -19,6 +19,7 @@ from PIL import Image
 from test_api import bearer, pair, status_of
 
 from lanpair.library import item_json
+from lanpair.server import api_library
 
 
 def jpeg(width: int = 64, height: int = 48, color: str = "red") -> bytes:
@@ -293,6 +294,25 @@ async def test_downloads_support_ranges_and_never_run_content(
             assert "sandbox" in response.headers["Content-Security-Policy"]
         assert await status_of(device, "GET", "/files/999999") == 404
         assert await status_of(device, "GET", "/files/abc") == 404
+
+
+async def test_big_downloads_over_tls_come_back_whole_and_by_range(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """A file of several read blocks and TLS slices: whole, and by ranges across blocks."""
+    content = os.urandom(api_library.TLS_READ_BYTES * 2 + api_library.TLS_WRITE_BYTES + 3)
+    _, body = await upload(daemon, phone["device_token"], ("big.bin", content))
+    file_id = body["files"][0]["id"]
+    block = api_library.TLS_READ_BYTES
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.get(f"/files/{file_id}") as response:
+            assert await response.read() == content
+        end = len(content) - 1
+        for first, last in [(block - 7, 2 * block + 9), (5, 5), (end - 1, end)]:
+            headers = {"Range": f"bytes={first}-{last}"}
+            async with device.get(f"/files/{file_id}", headers=headers) as response:
+                assert response.status == 206
+                assert await response.read() == content[first : last + 1]
 
 
 async def test_thumbnails_are_drawn_and_bad_images_get_a_placeholder(

@@ -38,7 +38,8 @@ from lanpair.store import FileQuery
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-TLS_CHUNK_BYTES = 1 << 20
+TLS_READ_BYTES = 1 << 20  # a download over TLS reads this much per trip to a thread
+TLS_WRITE_BYTES = 256 << 10  # and hands it to TLS this much at a time
 SYNC_LIMIT_BYTES = 8 << 20
 MAX_ZIP_FILES = 10_000
 MAX_MANIFEST_ENTRIES = 100_000
@@ -170,7 +171,7 @@ async def sync(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.StreamResponse:
     """Send a file's original bytes (Range, ETag and Last-Modified included)."""
     record, path = await request.app[LIBRARY_KEY].open(_file_id(request))
-    response = _FileResponse(path, chunk_size=TLS_CHUNK_BYTES)
+    response = _FileResponse(path)
     inline = record.kind is not Kind.FILE
     response.content_type = record.mime if inline else "application/octet-stream"
     disposition = "inline" if inline else "attachment"
@@ -267,10 +268,15 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
 
 
 class _FileResponse(web.FileResponse):
-    """A FileResponse that, over TLS, sends big chunks instead of asyncio's sendfile emulation.
+    """A FileResponse that, over TLS, reads big blocks and encrypts them in slices.
 
     sendfile() cannot encrypt, so under TLS asyncio falls back to copying through small
-    writes; reading 1 MiB blocks in a thread and writing them whole was measured faster.
+    writes. Reading 1 MiB blocks in a thread was measured faster; encrypting them whole was
+    not. The block and its 1 MiB of ciphertext taken out of the memory BIO are freed
+    together, glibc hands the heap's top back to the kernel, and the next block faults it
+    in again: ~240k page faults per GiB. In 256 KiB slices, none: 0.95 -> 0.52 CPU-s per
+    GiB to read, encrypt and take out (in-process). Served, 1 GiB over TLS, 9 each,
+    alternating: medians 819 -> 929 MiB/s, 1.19 -> 1.06 server CPU-s.
     """
 
     def _get_file_path_stat_encoding(self, accept_encoding: str) -> Any:
@@ -279,10 +285,22 @@ class _FileResponse(web.FileResponse):
         return super()._get_file_path_stat_encoding("")
 
     async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int, count: int) -> Any:
-        if request.secure:
-            writer = await web.StreamResponse.prepare(self, request)
-            return await self._sendfile_fallback(writer, fobj, offset, count)  # type: ignore[arg-type]
-        return await super()._sendfile(request, fobj, offset, count)
+        if not request.secure:
+            return await super()._sendfile(request, fobj, offset, count)
+        writer = await web.StreamResponse.prepare(self, request)
+        if writer is None:  # the response was sent already
+            return None
+        fobj.seek(offset)  # the file was opened in a thread; a seek does no I/O
+        while count > 0:
+            block = await asyncio.to_thread(fobj.read, min(TLS_READ_BYTES, count))
+            if not block:
+                break  # the file shrank since it was measured
+            count -= len(block)
+            view = memoryview(block)
+            for start in range(0, len(view), TLS_WRITE_BYTES):
+                await writer.write(view[start : start + TLS_WRITE_BYTES])
+        await writer.drain()
+        return writer
 
 
 def trash_item(trashed: TrashedFile) -> dict[str, Any]:
