@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiohttp import web
-
 from lanpair import certs, tls
 from lanpair.clock import SystemClock
 from lanpair.library import Library
@@ -29,7 +27,7 @@ from lanpair.models import Site
 from lanpair.netif import LocalAddressSet
 from lanpair.pairing import Pairing
 from lanpair.paths import LibraryPaths, Paths
-from lanpair.server import Services, create_app
+from lanpair.server import Services, create_app, serving
 from lanpair.store import Store
 
 TICK_S = 0.005
@@ -108,11 +106,8 @@ async def main(mib: int, use_tls: bool) -> None:
                         owner_addresses=LocalAddressSet(),
                     )
                 )
-                runner = web.AppRunner(app, access_log=None)
-                await runner.setup()
                 context = tls.server_context(info) if use_tls else None
-                await web.SockSite(runner, sock, ssl_context=context).start()
-                try:
+                async with serving(app, [sock], context, shutdown_timeout_s=3.0):
                     pending = await pairing.generate("127.0.0.1")
                     device = await pairing.confirm(pending.token, "lag", "lag", "127.0.0.1")
                     base = f"https://localhost:{port}" if use_tls else f"http://127.0.0.1:{port}"
@@ -148,8 +143,6 @@ async def main(mib: int, use_tls: bool) -> None:
                         stop.set()
                         await task
                         summary(phase, lateness, float(lines[-1]))
-                finally:
-                    await runner.cleanup()
 
 
 if __name__ == "__main__":
