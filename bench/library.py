@@ -84,6 +84,7 @@ PARALLEL = 5
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 SCAN_TIMEOUT_S = 3600.0
+FORGET_TIMEOUT_S = 60.0  # for lanpair to take files deleted by hand out of its index
 TRANSFER_TIMEOUT_S = 900.0
 WRK_WARMUP_S = 2
 PROFILE_HZ = 100
@@ -500,6 +501,22 @@ def start_copyparty(procs: Processes, work: Path) -> Server:
 # -- transfers ------------------------------------------------------------------------------
 
 
+def cleared(server: Server) -> None:
+    """Empty a server's upload folder; for lanpair, wait until its index has let go too.
+
+    lanpair's watcher sees the files go and takes them out of the index. Left to run into
+    the next measurement, that work (500 deletions) would be billed to the uploads.
+    """
+    clear(server.store)
+    if server.kind != "lanpair":
+        return
+    deadline = time.monotonic() + FORGET_TIMEOUT_S
+    while curl_json(server, "/api/gallery?limit=1")["items"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} still lists files deleted {FORGET_TIMEOUT_S} s ago")
+        time.sleep(0.05)
+
+
 def clear(folder: Path) -> None:
     """Delete what earlier transfers left in a server's upload folder (lanpair's own stays)."""
     if folder.is_dir():
@@ -534,7 +551,7 @@ def measured(server: Server, run: Callable[[], tuple[str, float]]) -> tuple[str,
 
 def upload_big(server: Server, path: Path, response: Path) -> tuple[Sample, str]:
     """Upload the big file once; return the sample and how to download it again."""
-    clear(server.store)
+    cleared(server)
     if server.kind == "lanpair":
         args = ["-F", f"file=@{path};filename=big.bin", server.base + "/api/upload"]
     else:
@@ -569,7 +586,7 @@ def upload_small(server: Server, files: list[Path], per_request: int, work: Path
 
     lanpair: multipart POSTs of ``per_request`` files each; nginx and copyparty: one PUT each.
     """
-    clear(server.store)
+    cleared(server)
     sections = []
     for start in range(0, len(files), per_request):
         group = files[start : start + per_request]
