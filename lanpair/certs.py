@@ -5,9 +5,9 @@ certificate for new addresses or before expiry never breaks a client's pin.
 
 The daemon runs this in a short-lived child, ``python -m lanpair.certs`` (see
 ``tls.ensure_certificate``): a request as JSON on stdin, the ``CertInfo`` as JSON on stdout,
-log lines on stderr. The daemon itself never loads cryptography, which would keep ~8 MiB
-resident (3 MiB of objects, 5 MiB of its library's pages) for work done at start and every
-few hours.
+log lines on stderr. The daemon itself never loads cryptography, which kept 12 MiB resident
+in it (4 MiB of objects, 7 MiB of its library's pages) for work done at start and every few
+hours.
 """
 
 from __future__ import annotations
