@@ -115,6 +115,7 @@ class Library:
         self._scanned = asyncio.Event()
         self._claims: dict[str, int] = {}  # paths lanpair itself is changing right now
         self._deferred: set[str] = set()  # what the watcher saw there meanwhile
+        self._loose: set[str] = set()  # files directly in the root the log has named
 
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
@@ -536,6 +537,8 @@ class Library:
         added, removed = await self._reconcile(diff, announce=announce)
         took = timedelta(seconds=time.monotonic() - started)
         report = ScanReport(diff.files, added, removed, took)
+        if folder == "":  # the walk looked at the whole root
+            self._tell_loose(self._loose | set(diff.loose), diff.loose)
         if folder == "" or report.added or report.removed:
             log.info(
                 "library scan%s: %d files, %d new or changed, %d gone (%.1fs)",
@@ -576,12 +579,30 @@ class Library:
             asyncio.to_thread(tree.stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),
         )
+        if in_root := [relpath for relpath in relpaths if "/" not in relpath]:
+            found = await asyncio.to_thread(tree.loose_files, self.paths.root, in_root)
+            self._tell_loose(set(in_root), found)
         diff = tree.Diff.of(indexed, on_disk)
         added, removed = await self._reconcile(diff, announce=True)
         if added or removed:  # one line per batch of the watcher's, however big
             names = [*diff.changed, *(stat.relpath for stat in diff.gone)]
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            log.info("noticed on disk: %d new or changed, %d gone (%s)", added, removed, shown)
+            log.info(
+                "noticed on disk: %d new or changed, %d gone (%s)", added, removed, _few(names)
+            )
+
+    def _tell_loose(self, looked_at: set[str], found: list[str]) -> None:
+        """Say where files put directly in the library folder should go (no gallery shows
+        them): once for each, not at every rescan or edit."""
+        self._loose -= looked_at - set(found)
+        fresh = [name for name in found if name not in self._loose]
+        self._loose.update(fresh)
+        if fresh:
+            log.warning(
+                "not in the gallery: %s, directly in the library folder; galleries show the "
+                "files in its folders (this PC's own is %s/)",
+                _few(fresh),
+                self.pc_folder,
+            )
 
     async def _reconcile(self, diff: tree.Diff, *, announce: bool) -> tuple[int, int]:
         """Make the index say what the disk has for these paths; return how many files were
@@ -799,3 +820,9 @@ def _device_folder(device_name: str, device_id: str, taken: set[str]) -> str:
         n += 1
         name = numbered(base, n)
     return name
+
+
+def _few(names: list[str]) -> str:
+    """Name the first three for a log line, and count the rest."""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more

@@ -15,7 +15,7 @@ import logging
 import mimetypes
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISDIR as stat_is_dir
@@ -156,6 +156,7 @@ class Diff:
     changed: list[str]  # new or changed on disk
     gone: list[FileStat]  # indexed, no longer on disk
     files: int  # on disk
+    loose: list[str] = field(default_factory=list)  # files directly in the root: not shown
 
     @classmethod
     def of(cls, indexed: Mapping[str, FileStat], on_disk: Mapping[str, tuple[int, int]]) -> Diff:
@@ -199,6 +200,7 @@ def walk(root: Path, folder: str, indexed: Mapping[str, FileStat]) -> Diff:
             for entry in entries:  # is_file and is_dir without following: no symlinks
                 if entry.is_file(follow_symlinks=False):
                     if not prefix:
+                        diff.loose.append(entry.name)
                         continue
                     relpath = base + entry.name
                     stat = entry.stat(follow_symlinks=False)
@@ -251,6 +253,17 @@ def stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
             continue
         if stat_is_file(stat.st_mode):
             found[relpath] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def loose_files(root: Path, relpaths: list[str]) -> list[str]:
+    """Return those of ``relpaths`` that are files directly in the root (no symlinks). Blocking."""
+    found = []
+    for relpath in relpaths:
+        if "/" not in relpath:
+            with contextlib.suppress(OSError):
+                if stat_is_file((root / relpath).lstat().st_mode):
+                    found.append(relpath)
     return found
 
 

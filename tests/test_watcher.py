@@ -264,13 +264,49 @@ async def test_folders_moved_in_renamed_and_moved_out(
 
 
 async def test_lanpairs_own_folders_and_files_in_the_root_are_not_indexed(
-    watched: tuple[Daemon, Path, Subscription],
+    watched: tuple[Daemon, Path, Subscription], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Neither is shown; a file left in the root gets a log line saying where it should go."""
+    caplog.set_level(logging.INFO, logger="lanpair.library")
     daemon, _folder, subscription = watched
     root = daemon.library.paths.root
     (root / "loose.jpg").write_bytes(jpeg(20))
     (daemon.library.paths.staging / "upload-x.part").write_bytes(jpeg(21))
     assert await collect(subscription) == []
+    hints = [r for r in caplog.records if r.getMessage().startswith("not in the gallery")]
+    assert [r.levelno for r in hints] == [logging.WARNING]
+    assert "loose.jpg, directly in the library folder" in hints[0].getMessage()
+    assert "this PC's own is Test PC/" in hints[0].getMessage()
+    assert "upload-x.part" not in caplog.text
+
+    caplog.clear()
+    (root / "loose.jpg").write_bytes(jpeg(22))  # edited: named already
+    assert await collect(subscription) == []
+    await daemon.library.scan()  # nor at a rescan
+    (root / "loose.jpg").unlink()  # gone: nothing to say
+    assert await collect(subscription) == []
+    assert "not in the gallery" not in caplog.text
+    (root / "loose.jpg").write_bytes(jpeg(23))  # back again: named again
+    assert await collect(subscription) == []
+    assert "loose.jpg, directly in the library folder" in caplog.text
+
+
+async def test_the_start_scan_names_files_left_in_the_root(
+    make_daemon: StartDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files found directly in the library folder at start are named once, with a count."""
+    caplog.set_level(logging.INFO, logger="lanpair.library")
+    root = tmp_path / "library"
+    (root / FOLDER).mkdir(parents=True)
+    for n in range(5):
+        (root / f"loose-{n}.jpg").write_bytes(jpeg(40 + n))
+    (root / FOLDER / "shown.jpg").write_bytes(jpeg(50))
+    daemon = await make_daemon(library_root=root)
+    await asyncio.wait_for(daemon.library._scanned.wait(), 10)
+    hints = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not in the")]
+    assert len(hints) == 1
+    assert "and 2 more, directly in the library folder" in hints[0]
+    assert list(await daemon.store.files.stats(FOLDER)) == [f"{FOLDER}/shown.jpg"]
 
 
 async def test_a_symlink_put_into_the_library_is_not_followed(
