@@ -93,7 +93,7 @@ IDLE_FRAMES = frozenset(
         "_worker (concurrent/futures/thread.py)",  # a pool thread waiting for work
         "EpollSelector.select (selectors.py)",  # the event loop waiting for sockets
         "Condition.wait (threading.py)",
-        "_exit_with (lanpair/workers.py)",
+        "_exit_with (lanpair/worker_process.py)",
     }
 )
 LISTENING_RE = re.compile(r"lanpair: listening on (\S+)")

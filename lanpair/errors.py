@@ -20,6 +20,9 @@
      ├── ChecksumMismatch             uploaded data does not match its checksum
      ├── NameTaken                    a rename onto a name in use
      ├── NotFound                     no such thing
+     ├── WorkerError                  a background worker could not finish a job
+     │    ├── WorkerTimeout           it took too long and was stopped
+     │    └── WorkerCrashed           it crashed
      └── PairingError                 a pairing code cannot be used
           ├── UnknownCode             the code was never issued
           │    └── UnknownHandoff     a hand-off link's token was never issued
@@ -245,3 +248,21 @@ class TooManyAttempts(PairingError):
     def __init__(self, message: str | None = None, *, retry_after_s: float = 60.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class WorkerError(LanpairError):
+    """A background worker could not finish a job."""
+
+    code = "worker"
+
+
+class WorkerTimeout(WorkerError):
+    """A background worker took too long on a job and was stopped."""
+
+    code = "worker_timeout"
+
+
+class WorkerCrashed(WorkerError):
+    """A background worker crashed on a job."""
+
+    code = "worker_crashed"

@@ -11,27 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import io
 import logging
 import multiprocessing
-import os
 import pickle
-import signal
 import socket
-import struct
-import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BufferedReader
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
-from lanpair.errors import LanpairError
+from lanpair.errors import WorkerCrashed, WorkerError, WorkerTimeout
 from lanpair.tasks import spawn
+from lanpair.worker_process import HEADER, ReplyUnpickler, describe, read_frame, worker_main
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,25 +33,6 @@ T = TypeVar("T")
 START_TIMEOUT_S = 10.0  # a fresh interpreter on a slow, busy machine
 STOP_GRACE_S = 2.0
 RESTART_RETRY_S = 1.0
-_HEADER = struct.Struct("!Q")  # payload length; an empty payload is "ready" or "stop"
-
-
-class WorkerError(LanpairError):
-    """A background worker could not finish a job."""
-
-    code = "worker"
-
-
-class WorkerTimeout(WorkerError):
-    """A background worker took too long on a job and was stopped."""
-
-    code = "worker_timeout"
-
-
-class WorkerCrashed(WorkerError):
-    """A background worker crashed on a job."""
-
-    code = "worker_crashed"
 
 
 @dataclass(eq=False)
@@ -129,7 +104,7 @@ class WorkerPool:
         self._idle.put_nowait(None)  # wakes every waiting run(), which then fails
         for worker in idle:
             with contextlib.suppress(OSError):
-                worker.sock.send(_HEADER.pack(0))
+                worker.sock.send(HEADER.pack(0))
         for worker in self._workers - idle:
             # Its run() sees the end of the connection and closes the socket itself.
             worker.process.kill()
@@ -146,13 +121,13 @@ class WorkerPool:
         """
         if not self._workers and not self._tasks and not self._closing.is_set():
             raise RuntimeError("start the worker pool with `async with` before running jobs")
-        name = _describe(func)
+        name = describe(func)
         request = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
         worker = await self._acquire()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout_s):
-                await loop.sock_sendall(worker.sock, _HEADER.pack(len(request)) + request)
+                await loop.sock_sendall(worker.sock, HEADER.pack(len(request)) + request)
                 reply = await _recv_frame(loop, worker.sock)
         except TimeoutError:
             self._give_up(worker)
@@ -237,7 +212,7 @@ class WorkerPool:
     def _start_worker(self, name: str) -> _Worker:
         """Start one worker process and wait for its hello. Blocking."""
         ours, theirs = socket.socketpair()
-        process = self._context.Process(target=_worker_main, args=(theirs,), name=name, daemon=True)
+        process = self._context.Process(target=worker_main, args=(theirs,), name=name, daemon=True)
         try:
             try:
                 process.start()
@@ -246,7 +221,7 @@ class WorkerPool:
             ours.settimeout(START_TIMEOUT_S)
             try:
                 with ours.makefile("rb") as incoming:
-                    hello = _read_frame(incoming)
+                    hello = read_frame(incoming)
             except OSError:
                 hello = None
             if hello != b"" or process.pid is None:
@@ -275,8 +250,8 @@ def _stop_processes(processes: list[BaseProcess]) -> None:
 
 
 async def _recv_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytearray:
-    header = await _recv_exactly(loop, sock, _HEADER.size)
-    (size,) = _HEADER.unpack(header)
+    header = await _recv_exactly(loop, sock, HEADER.size)
+    (size,) = HEADER.unpack(header)
     return await _recv_exactly(loop, sock, size)
 
 
@@ -294,31 +269,9 @@ async def _recv_exactly(
     return buffer
 
 
-class _ReplyUnpickler(pickle.Unpickler):
-    """Read a worker's reply, trusting it only with plain data, exceptions and dataclasses.
-
-    A worker parses hostile files; if one ever took it over, a free-form pickle would run
-    code in the daemon. Only classes can be named here (never functions), and only
-    exception types or dataclasses, so a reply can build values but not call anything else.
-    """
-
-    SAFE_HELPERS = frozenset({("copyreg", "__newobj__"), ("copyreg", "_reconstructor")})
-
-    def find_class(self, module: str, name: str) -> Any:
-        """Resolve a class the reply names, if it is one a reply may hold."""
-        found = super().find_class(module, name)
-        if (module, name) in self.SAFE_HELPERS or found is object:
-            return found
-        if isinstance(found, type) and (
-            issubclass(found, BaseException) or dataclasses.is_dataclass(found)
-        ):
-            return found
-        raise pickle.UnpicklingError(f"a worker's reply may not name {module}.{name}")
-
-
 def _unpack_reply(reply: bytearray, name: str) -> Any:
     try:
-        status, value, detail = _ReplyUnpickler(io.BytesIO(reply)).load()
+        status, value, detail = ReplyUnpickler(io.BytesIO(reply)).load()
     except Exception as exc:
         raise WorkerError(f"The reply from {name} could not be read: {exc!r}") from exc
     if status == "ok":
@@ -332,69 +285,3 @@ class _RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.args[0]}"""'
-
-
-def _describe(func: Callable[..., Any]) -> str:
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    return f"{module}.{qualname}" if module and qualname else repr(func)
-
-
-# What runs in the worker process.
-
-
-def _worker_main(sock: socket.socket) -> None:
-    """Answer jobs from the pool until it says stop or goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the pool decides
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(
-            target=_exit_with, args=(parent,), name="parent-watch", daemon=True
-        ).start()
-    with sock, sock.makefile("rb") as incoming, contextlib.suppress(OSError):
-        sock.sendall(_HEADER.pack(0))
-        while request := _read_frame(incoming):
-            reply = _serve(request)
-            sock.sendall(_HEADER.pack(len(reply)) + reply)
-
-
-def _exit_with(parent: BaseProcess) -> None:
-    """Exit as soon as the parent does, even in the middle of a job."""
-    parent.join()
-    os._exit(1)
-
-
-def _read_frame(incoming: BufferedReader) -> bytes | None:
-    """Return the next payload, or None at the end of the connection."""
-    header = incoming.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(header)
-    payload = incoming.read(size)
-    return payload if len(payload) == size else None
-
-
-def _serve(request: bytes) -> bytes:
-    name = "a job"
-    try:
-        func, args = pickle.loads(request)  # noqa: S301 - sent by the pool that started us
-        name = _describe(func)
-        result = func(*args)
-    except Exception as exc:
-        return _error_reply(exc, name)
-    try:
-        return pickle.dumps(("ok", result, None), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        error = WorkerError(f"{name} returned a value that cannot be sent back: {exc!r}")
-        return _error_reply(error, name)
-
-
-def _error_reply(exc: Exception, name: str) -> bytes:
-    detail = "".join(traceback.format_exception(exc))
-    try:
-        reply = pickle.dumps(("error", exc, detail), protocol=pickle.HIGHEST_PROTOCOL)
-        _ReplyUnpickler(io.BytesIO(reply)).load()  # will the pool accept and rebuild it?
-    except Exception:
-        fallback = WorkerError(f"{name} raised {exc!r}")
-        reply = pickle.dumps(("error", fallback, detail), protocol=pickle.HIGHEST_PROTOCOL)
-    return reply

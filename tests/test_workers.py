@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import worker_jobs
 
-from lanpair.workers import WorkerCrashed, WorkerError, WorkerPool, WorkerTimeout
+from lanpair.errors import WorkerCrashed, WorkerError, WorkerTimeout
+from lanpair.workers import WorkerPool
 
 TESTS = Path(__file__).resolve().parent
 
@@ -39,6 +40,18 @@ async def test_results_come_back() -> None:
     """A job's return value reaches the caller."""
     async with WorkerPool(1) as pool:
         assert await pool.run(worker_jobs.add, 2, 3) == 5
+
+
+async def test_a_worker_loads_nothing_of_the_daemons() -> None:
+    """A worker imports its own loop and what its jobs need: no asyncio, no aiohttp, no SQLite."""
+    async with WorkerPool(1) as pool:
+        loaded = await pool.run(worker_jobs.packages_loaded)
+    assert not {"asyncio", "aiohttp", "sqlite3", "ssl", "lanpair.workers"} & set(loaded)
+    assert [m for m in loaded if m.startswith("lanpair")] == [
+        "lanpair",
+        "lanpair.errors",
+        "lanpair.worker_process",
+    ]
 
 
 async def test_exceptions_come_back_with_their_type_and_traceback() -> None:

@@ -7,6 +7,7 @@ puts ``tests/`` on it, so ``import worker_jobs`` works in the workers too.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -26,6 +27,11 @@ def add(a: int, b: int) -> int:
 def pid() -> int:
     """Return the worker's process id."""
     return os.getpid()
+
+
+def packages_loaded() -> list[str]:
+    """Return the top-level packages the worker has imported, and lanpair's modules."""
+    return sorted({m if m.startswith("lanpair") else m.partition(".")[0] for m in sys.modules})
 
 
 def fail(message: str) -> None:
