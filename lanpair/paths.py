@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,15 @@ def web_dir() -> Path:
     if installed.is_dir():
         return installed
     return package.parent / WEB_DIR_NAME
+
+
+def python_module(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """Return the command and environment that run ``python -m module args`` from this very
+    lanpair: with -P, and this package's folder first on the path, the child never picks up
+    another lanpair that happens to sit in the working directory."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return [sys.executable, "-P", "-m", module, *args], {**os.environ, "PYTHONPATH": path}
 
 
 def replace_file(

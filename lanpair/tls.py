@@ -12,9 +12,7 @@ import base64
 import ipaddress
 import json
 import logging
-import os
 import ssl
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from lanpair.errors import CertificateError
+from lanpair.paths import python_module
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("lanpair.certs")
 
 HELPER_TIMEOUT_S = 60.0  # making a key and a certificate takes ~0.3 s; a stuck disk, longer
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -92,16 +90,14 @@ async def ensure_certificate(
         "addresses": [str(a) for a in addresses],
         "now": now.isoformat(),
     }
-    # -P, and this package first on the path: the child runs this very lanpair, never one
-    # that happens to sit in the daemon's working directory.
-    path = [PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
+    command, env = python_module("lanpair.certs")
     try:
         child = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-P", "-m", "lanpair.certs"),
+            *command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+            env=env,
         )
     except OSError as exc:
         raise CertificateError(f"Cannot start the certificate helper: {exc}") from exc

@@ -5,7 +5,9 @@ the daemon's: each worker is a fresh interpreter, and the pool's module (asyncio
 rest) cost each worker 8 MiB it never used.
 
 Over the socket pair, each message is a length-prefixed pickle; an empty payload is "ready"
-(from a worker) or "stop" (to it). A reply is ``(status, value, traceback text)``.
+(from a worker) or "stop" (to it). The pool's first message is its import path (``sys.path``),
+so a job's function is found in the worker as it is in the pool; then each job is
+``(function, args)``, and each reply ``(status, value, traceback text)``.
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import multiprocessing
 import os
 import pickle
 import signal
 import socket
 import struct
+import sys
 import threading
 import traceback
 from collections.abc import Callable
 from io import BufferedReader
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from lanpair.errors import WorkerError
@@ -31,24 +32,32 @@ from lanpair.errors import WorkerError
 HEADER = struct.Struct("!Q")  # payload length; an empty payload is "ready" or "stop"
 
 
+def main() -> None:
+    """``python -m lanpair.worker_process SOCKET LIFELINE NAME``: serve the pool over the
+    socket (a file descriptor); exit when the lifeline (a pipe's read end) reaches its end."""
+    sock, lifeline = socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2])
+    threading.Thread(target=_exit_with, args=(lifeline,), name="parent-watch", daemon=True).start()
+    worker_main(sock)
+
+
 def worker_main(sock: socket.socket) -> None:
-    """Answer jobs from the pool until it says stop or goes away."""
+    """Take the pool's import path, then answer jobs until the pool says stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the pool decides
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(
-            target=_exit_with, args=(parent,), name="parent-watch", daemon=True
-        ).start()
     with sock, sock.makefile("rb") as incoming, contextlib.suppress(OSError):
         sock.sendall(HEADER.pack(0))
+        path = read_frame(incoming)
+        if path is None:
+            return
+        sys.path[:] = pickle.loads(path)  # noqa: S301 - sent by the pool that started us
         while request := read_frame(incoming):
             reply = _serve(request)
             sock.sendall(HEADER.pack(len(reply)) + reply)
 
 
-def _exit_with(parent: BaseProcess) -> None:
-    """Exit as soon as the parent does, even in the middle of a job."""
-    parent.join()
+def _exit_with(lifeline: int) -> None:
+    """Exit as soon as the pool's process does, even in the middle of a job: only it holds
+    the pipe's write end, and it writes nothing, so a read returns at its end."""
+    os.read(lifeline, 1)
     os._exit(1)
 
 
@@ -115,3 +124,7 @@ def describe(func: Callable[..., Any]) -> str:
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
     return f"{module}.{qualname}" if module and qualname else repr(func)
+
+
+if __name__ == "__main__":
+    main()

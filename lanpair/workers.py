@@ -1,10 +1,14 @@
 """A small pool of worker processes for CPU-heavy jobs on untrusted input (thumbnails).
 
-Workers come from the ``spawn`` context, so starting one is safe after threads exist.
-Each worker talks to the pool over its own socket pair: a length-prefixed pickle per
-message, read on the event loop without ever blocking it. A worker that hangs past the
-timeout is killed, one that dies is reaped, and either is replaced; the other workers
-keep going. A worker never outlives the process that started it.
+Each worker is a fresh interpreter, ``python -m lanpair.worker_process`` (fork and exec, so
+starting one is safe after threads exist), and talks to the pool over its own socket pair: a
+length-prefixed pickle per message, read on the event loop without ever blocking it. A
+worker that hangs past the timeout is killed, one that dies is reaped, and either is
+replaced; the other workers keep going. A worker never outlives the process that started
+it: it exits when the pool's end of a pipe closes, even in the middle of a job.
+
+Not multiprocessing: its spawned processes bring along a resource-tracker process (12 MiB
+here) that this pool, which shares no memory and no semaphores, has no use for.
 """
 
 from __future__ import annotations
@@ -13,19 +17,21 @@ import asyncio
 import contextlib
 import io
 import logging
-import multiprocessing
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from lanpair.errors import WorkerCrashed, WorkerError, WorkerTimeout
+from lanpair.paths import python_module
 from lanpair.tasks import spawn
-from lanpair.worker_process import HEADER, ReplyUnpickler, describe, read_frame, worker_main
+from lanpair.worker_process import HEADER, ReplyUnpickler, describe, read_frame
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,7 +43,7 @@ RESTART_RETRY_S = 1.0
 
 @dataclass(eq=False)
 class _Worker:
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     sock: socket.socket  # non-blocking, read and written only on the event loop
     pid: int
 
@@ -57,7 +63,7 @@ class WorkerPool:
         self.size = size
         self.timeout_s = timeout_s
         self.name = name
-        self._context = multiprocessing.get_context("spawn")
+        self._lifeline: tuple[int, int] | None = None  # a pipe; its closing ends the workers
         self._workers: set[_Worker] = set()
         self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,6 +77,7 @@ class WorkerPool:
 
     async def __aenter__(self) -> Self:
         """Start every worker and wait until each is ready for jobs."""
+        self._lifeline = os.pipe()
         started = await asyncio.gather(
             *(asyncio.to_thread(self._start_worker, self._next_name()) for _ in range(self.size)),
             return_exceptions=True,
@@ -80,6 +87,7 @@ class WorkerPool:
             await asyncio.to_thread(_stop_processes, [worker.process for worker in workers])
             for worker in workers:
                 worker.sock.close()
+            self._cut_lifeline()
             raise next(error for error in started if isinstance(error, BaseException))
         for worker in workers:
             self._workers.add(worker)
@@ -112,7 +120,14 @@ class WorkerPool:
         for worker in idle:
             worker.sock.close()
         self._workers.clear()
+        self._cut_lifeline()
         log.debug("stopped the worker processes")
+
+    def _cut_lifeline(self) -> None:
+        if self._lifeline is not None:
+            for end in self._lifeline:
+                os.close(end)
+            self._lifeline = None
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func(*args)`` in a worker and return its result or raise its exception.
@@ -155,7 +170,7 @@ class WorkerPool:
             if worker is None or self._closing.is_set():
                 self._idle.put_nowait(worker)
                 raise WorkerError("The worker pool has stopped.")
-            if worker.process.is_alive():
+            if worker.process.poll() is None:
                 return worker
             await asyncio.shield(self._replace_soon(worker, "an idle worker died"))
 
@@ -184,15 +199,14 @@ class WorkerPool:
     async def _replace(self, old: _Worker, reason: str | None) -> None:
         old.process.kill()
         old.sock.close()
-        await asyncio.to_thread(old.process.join)
+        await asyncio.to_thread(old.process.wait)
         if reason is not None:
             log.warning(
                 "%s: worker %d ended with exit code %s; starting another",
                 reason,
                 old.pid,
-                old.process.exitcode,
+                old.process.returncode,
             )
-        old.process.close()
         while not self._closing.is_set():
             try:
                 new = await asyncio.to_thread(self._start_worker, self._next_name())
@@ -210,21 +224,32 @@ class WorkerPool:
         return f"{self.name}-{self._started}"
 
     def _start_worker(self, name: str) -> _Worker:
-        """Start one worker process and wait for its hello. Blocking."""
+        """Start one worker process, hand it this process's import path, wait for its hello.
+        Blocking."""
+        if self._lifeline is None:
+            raise WorkerError("The worker pool has stopped.")
         ours, theirs = socket.socketpair()
-        process = self._context.Process(target=worker_main, args=(theirs,), name=name, daemon=True)
+        fds = (theirs.fileno(), self._lifeline[0])
+        command, env = python_module("lanpair.worker_process", *map(str, fds), name)
         try:
-            try:
-                process.start()
-            finally:
-                theirs.close()
+            process = subprocess.Popen(  # noqa: S603  (this interpreter, list args, no shell)
+                command, env=env, pass_fds=fds, stdin=subprocess.DEVNULL
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
             ours.settimeout(START_TIMEOUT_S)
+            path = pickle.dumps(sys.path)  # where the jobs' functions are found, as here
+            ours.sendall(HEADER.pack(len(path)) + path)
             try:
                 with ours.makefile("rb") as incoming:
                     hello = read_frame(incoming)
             except OSError:
                 hello = None
-            if hello != b"" or process.pid is None:
+            if hello != b"":
                 raise WorkerError(f"The worker process {name} did not start.")
             ours.setblocking(False)
             return _Worker(process, ours, process.pid)
@@ -234,19 +259,17 @@ class WorkerPool:
             raise
 
 
-def _stop_processes(processes: list[BaseProcess]) -> None:
+def _stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
     """Wait briefly for processes to exit, kill the rest, reap all. Blocking."""
-    started = [process for process in processes if process.ident is not None]
     deadline = time.monotonic() + STOP_GRACE_S
-    for process in started:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in started:
-        if process.is_alive():
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.poll() is None:
             log.warning("worker %s did not stop; killing it", process.pid)
             process.kill()
-        process.join()
-    for process in processes:
-        process.close()
+        process.wait()
 
 
 async def _recv_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytearray:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import ipaddress
 import logging
+import os
 import ssl
 import stat
 import subprocess
@@ -325,8 +326,8 @@ async def test_a_child_that_cannot_answer_is_a_certificate_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A child that dies without an answer: CertificateError, and what it printed is logged."""
-    monkeypatch.setattr(tls, "PACKAGE_ROOT", str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    broken = {**os.environ, "PYTHONPATH": str(tmp_path)}  # a lanpair whose certs.py fails
+    monkeypatch.setattr(tls, "python_module", lambda m: ([sys.executable, "-P", "-m", m], broken))
     (tmp_path / "lanpair").mkdir()
     (tmp_path / "lanpair" / "__init__.py").write_text("")
     (tmp_path / "lanpair" / "certs.py").write_text("raise SystemExit('broken install')\n")

@@ -1,7 +1,7 @@
 """Top-level job functions for tests/test_workers.py, importable by spawned worker processes.
 
-Spawned children get the parent's ``sys.path`` (multiprocessing sends it along), and pytest
-puts ``tests/`` on it, so ``import worker_jobs`` works in the workers too.
+Workers get the pool's ``sys.path`` (the pool sends it along), and pytest puts ``tests/`` on
+it, so ``import worker_jobs`` works in the workers too.
 """
 
 from __future__ import annotations
