@@ -274,6 +274,41 @@ def test_no_tls_serves_http_and_says_so(tmp_path: Path) -> None:
     assert "TLS is off" in log.read_text()
 
 
+def test_no_tls_downloads_come_back_whole_and_by_range(tmp_path: Path) -> None:
+    """Over plain HTTP (sendfile, in pieces): a file of several pieces, whole and by ranges."""
+    import asyncio
+    import io
+
+    import aiohttp
+
+    from lanpair.server.api_library import SENDFILE_BYTES
+
+    content = os.urandom(2 * SENDFILE_BYTES + 12345)
+    piece = SENDFILE_BYTES
+    ranges = [(piece - 10, 2 * piece + 10), (0, 0), (len(content) - 5, len(content) - 1)]
+
+    async def go(running: Running, token: str) -> list[bytes]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            form = aiohttp.FormData()
+            form.add_field("file", io.BytesIO(content), filename="big.bin")
+            async with session.post(running.url + "/api/upload", data=form) as response:
+                url = running.url + f"/files/{(await response.json())['files'][0]['id']}"
+            got = []
+            async with session.get(url) as response:
+                got.append(await response.read())
+            for first, last in ranges:
+                async with session.get(url, headers={"Range": f"bytes={first}-{last}"}) as r:
+                    assert r.status == 206
+                    got.append(await r.read())
+            return got
+
+    with serving(tmp_path / "data", tmp_path / "log", "--no-tls") as running:
+        whole, *parts = asyncio.run(go(running, pair(running)["device_token"]))
+    assert whole == content
+    assert parts == [content[first : last + 1] for first, last in ranges]
+
+
 @pytest.mark.parametrize("flag", ["--help"])
 def test_serve_help_lists_every_setting(flag: str) -> None:
     """`lanpair serve --help` is generated from the settings table."""
