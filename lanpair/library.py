@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -18,7 +17,6 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Coroutine,
     Iterator,
@@ -30,7 +28,7 @@ from pathlib import Path
 from stat import S_ISREG as stat_is_file
 from typing import TYPE_CHECKING, Any, Self
 
-from lanpair import media, tree, zipstream
+from lanpair import tree, zipstream
 from lanpair.clock import Clock, to_iso
 from lanpair.errors import (
     BodyTooLarge,
@@ -53,6 +51,7 @@ from lanpair.spool import (
 )
 from lanpair.store import FileQuery, FileStat, Indexed, Store
 from lanpair.tasks import spawn
+from lanpair.thumbnails import Job, Thumbnails, in_thread
 
 if TYPE_CHECKING:
     from lanpair.watcher import Change, Watcher, WatchMode
@@ -62,8 +61,6 @@ log = logging.getLogger(__name__)
 SCAN_BATCH = 1000
 
 
-Job = Callable[..., Awaitable[Any]]
-THUMB_PX = 400
 TRASH_KEPT = timedelta(days=30)
 HOUSEKEEPING_S = 3600.0
 PC_OWNER = "pc"
@@ -103,7 +100,7 @@ class Library:
         self._reserve = reserve_bytes
         self._max_upload = max_upload_bytes
         self.hub = hub or EventHub(clock.now)
-        self._thumbs = Thumbnails(store, paths.root, thumbs_dir, run_job or _in_thread)
+        self._thumbs = Thumbnails(store, paths.root, thumbs_dir, run_job or in_thread)
         self._thumb_tasks = thumb_tasks
         self._queue: asyncio.Queue[tuple[FileRecord, str | None]] = asyncio.Queue(THUMB_QUEUE)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -691,66 +688,6 @@ class Library:
         return {d.folder: d.device_id for d in reversed(devices) if d.folder}
 
 
-class Thumbnails:
-    """Draw each picture's thumbnail once, in the worker pool, into the thumbnail cache."""
-
-    def __init__(self, store: Store, root: Path, thumbs_dir: Path, run_job: Job) -> None:
-        self._store = store
-        self._root = root
-        self.dir = thumbs_dir
-        self._run = run_job
-        self._drawing: dict[int, asyncio.Future[Path | None]] = {}
-
-    def forget(self, record: FileRecord) -> None:
-        """Delete a file's cached thumbnail. Blocking."""
-        self.forget_id(record.id)
-
-    def forget_id(self, file_id: int) -> None:
-        """Delete the cached thumbnail of a file id. Blocking."""
-        self._path(file_id).unlink(missing_ok=True)
-
-    def path_for(self, record: FileRecord) -> Path:
-        """Return where a file's thumbnail is cached."""
-        return self._path(record.id)
-
-    def _path(self, file_id: int) -> Path:
-        return self.dir / f"{file_id % 256:02x}" / f"{file_id}.webp"
-
-    async def ensure(self, record: FileRecord) -> Path | None:
-        """Return the thumbnail's path, drawing it first if needed; None if there is none."""
-        if record.thumb is ThumbState.NONE or record.thumb is ThumbState.FAILED:
-            return None
-        path = self.path_for(record)
-        if await asyncio.to_thread(path.is_file):  # ids are never reused: a file is this one's
-            return path
-        if record.id not in self._drawing:
-            self._drawing[record.id] = asyncio.ensure_future(self._draw(record, path))
-            self._drawing[record.id].add_done_callback(lambda _f: self._drawing.pop(record.id))
-        return await asyncio.shield(self._drawing[record.id])
-
-    async def _draw(self, record: FileRecord, path: Path) -> Path | None:
-        source = self._root / record.relpath
-        await asyncio.to_thread(path.parent.mkdir, exist_ok=True)
-        there = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
-        if record.relpath not in there:  # gone, or swapped for a symlink since it was indexed
-            log.info("no thumbnail for %s: it is no longer a file of the library", record.relpath)
-            return None
-        try:
-            draw = media.video_poster if record.kind is Kind.VIDEO else media.make_thumbnail
-            drawn = await self._run(functools.partial(draw, px=THUMB_PX), source, path)
-        except Exception as exc:  # a hostile file must cost one log line, nothing more
-            log.warning("no thumbnail for %s: %s", record.relpath, exc)
-            drawn = None
-        state = ThumbState.READY if drawn else ThumbState.FAILED
-        await self._store.files.set_thumb(record.id, state)
-        if record.kind is Kind.VIDEO and record.duration_s is None:
-            with contextlib.suppress(Exception):  # unknown length is fine; no ffprobe, too
-                duration = await self._run(media.video_duration, source)
-                if duration is not None:
-                    await self._store.files.set_duration(record.id, duration)
-        return path if drawn else None
-
-
 @dataclass(frozen=True, slots=True)
 class ScanReport:
     """What a rescan found."""
@@ -759,10 +696,6 @@ class ScanReport:
     added: int
     removed: int
     took: timedelta
-
-
-async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(func, *args, **kwargs)
 
 
 def item_json(record: FileRecord) -> dict[str, Any]:
