@@ -256,14 +256,13 @@ def stat_many(root: Path, relpaths: list[str]) -> dict[str, tuple[int, int]]:
     return found
 
 
-def loose_files(root: Path, relpaths: list[str]) -> list[str]:
-    """Return those of ``relpaths`` that are files directly in the root (no symlinks). Blocking."""
+def loose_files(root: Path, names: list[str]) -> list[str]:
+    """Return those of ``names`` (in the root) that are files, not symlinks. Blocking."""
     found = []
-    for relpath in relpaths:
-        if "/" not in relpath:
-            with contextlib.suppress(OSError):
-                if stat_is_file((root / relpath).lstat().st_mode):
-                    found.append(relpath)
+    for name in names:
+        with contextlib.suppress(OSError):
+            if stat_is_file((root / name).lstat().st_mode):
+                found.append(name)
     return found
 
 

@@ -298,20 +298,16 @@ class _FileResponse(web.FileResponse):
             return None
         if not request.secure:
             try:
-                return await self._send_pieces(request, writer, fobj, offset, count)
+                await self._send_pieces(request, fobj, offset, count)
+                return writer
             except NotImplementedError:  # an event loop without sendfile(): copy, as for TLS
                 pass
         await self._send_blocks(writer, fobj, offset, count)
         return writer
 
     async def _send_pieces(
-        self,
-        request: web.BaseRequest,
-        writer: AbstractStreamWriter,
-        fobj: Any,
-        offset: int,
-        count: int,
-    ) -> AbstractStreamWriter:
+        self, request: web.BaseRequest, fobj: Any, offset: int, count: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         while count > 0:
             if request.transport is None:
@@ -321,7 +317,6 @@ class _FileResponse(web.FileResponse):
                 break  # the file shrank since it was measured
             offset, count = offset + sent, count - sent
         await web.StreamResponse.write_eof(self)
-        return writer
 
     @staticmethod
     async def _send_blocks(
