@@ -225,12 +225,11 @@ def pair(args: argparse.Namespace) -> int:
         if not args.code:
             raise BadPairingLink()
         target = asyncio.run(_target_by_name(args.target, args.code, args.fingerprint))
-    book = credentials.load(paths.pairings)
+    client_id = credentials.load(paths.pairings).client_id  # a new one if the file is new
     name = args.name or socket.gethostname() or "lanpair client"
-    pc = asyncio.run(_pair(target, name, book.client_id))
-    book = credentials.load(paths.pairings)  # re-read: another command may have written
-    book.put(pc)
-    credentials.save(paths.pairings, book)
+    pc = asyncio.run(_pair(target, name, client_id))
+    with credentials.editing(paths.pairings, client_id=client_id) as book:
+        book.put(pc)
     _out(f"Paired with {pc.name!r} at {pc.base_url} as {pc.device_name!r} ({pc.device_id}).")
     if pc.fingerprint:
         origin = (

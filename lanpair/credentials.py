@@ -2,17 +2,22 @@
 
 One JSON file, ``pairings.json`` in the user's config dir (``~/.config/lanpair``), mode
 0600 because it holds device tokens, always replaced whole (temp file, fsync, rename) so a
-crash never leaves half of it. Push and pull keep their resume state in the user's state
+crash never leaves half of it. Every change re-reads it with ``pairings.lock`` held (an
+``flock``), so two commands at once (a pull updating its last sync while a pairing is
+stored) never lose each other's change. Push and pull keep their resume state in the user's state
 dir (``~/.local/state/lanpair``). ``LANPAIR_CLIENT_DIR`` (or ``--client-dir``) puts both in
 one folder instead: tests do, and so can a user with several identities.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -167,15 +172,35 @@ def save(path: Path, book: Book) -> None:
     )
 
 
+@contextmanager
+def editing(path: Path, *, client_id: str | None = None) -> Iterator[Book]:
+    """Read the credentials file, let the caller change the book, and save it, all with the
+    file's lock held: another lanpair command's change in between is never lost. A file not
+    there yet starts with ``client_id`` (the one a pairing has just sent), if given.
+    Nothing is saved if the caller raises. Blocking.
+    """
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    lock = os.open(path.with_name("pairings.lock"), os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the descriptor closes
+        new = not path.exists()
+        book = load(path)
+        if new and client_id is not None:
+            book.client_id = client_id
+        yield book
+        save(path, book)
+    finally:
+        os.close(lock)
+
+
 def update(path: Path, pc_id: str, **changes: Any) -> PairedPC | None:
-    """Change some fields of one stored pairing, re-reading the file first. Blocking."""
-    book = load(path)
-    for pc in book.pcs:
-        if pc.pc_id == pc_id:
-            changed = replace(pc, **changes)
-            book.put(changed)
-            save(path, book)
-            return changed
+    """Change some fields of one stored pairing. Blocking."""
+    with editing(path) as book:
+        for pc in book.pcs:
+            if pc.pc_id == pc_id:
+                changed = replace(pc, **changes)
+                book.put(changed)
+                return changed
     return None
 
 

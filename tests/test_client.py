@@ -9,6 +9,7 @@ The same on a virtual LAN, with mDNS: ``test_lan_clients.py``.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -237,6 +238,27 @@ def test_a_second_pc_is_paired_beside_the_first_and_chosen_by_name(pc: PC, tmp_p
     assert ok(chosen).stdout.startswith("Pushed 1 file")
 
 
+def test_pairing_again_is_the_same_device_to_the_pc(pc: PC, tmp_path: Path) -> None:
+    """A client that pairs with the same PC again is the same device to it: the PC revokes
+    the old pairing and keeps the folder, so the device's photos stay together. The first
+    pairing of a fresh client dir sends the client id it then stores."""
+    client = tmp_path / "client"
+    first = paired_client(pc, client)
+    sent_id = json.loads((client / "pairings.json").read_text())["client_id"]
+    before, after = make_photos(tmp_path / "p", 2, seed=11)
+    ok(lanpair("push", str(before), "--no-mdns", client_dir=client))
+    again = paired_client(pc, client)
+    ok(lanpair("push", str(after), "--no-mdns", client_dir=client))
+
+    listed = ok(lanpair("devices", "--json", "--data-dir", str(pc.data_dir), client_dir=client))
+    states = {key: d["status"] for key, d in json.loads(listed.stdout).items()}
+    assert json.loads((client / "pairings.json").read_text())["client_id"] == sent_id
+    assert again["device_id"] != first["device_id"]
+    assert (states[first["device_id"]], states[again["device_id"]]) == ("revoked", "confirmed")
+    folder = pc.data_dir / "uploads" / device_folder(first)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([before.name, after.name])
+
+
 @pytest.mark.parametrize(
     "link",
     [
@@ -285,6 +307,37 @@ def test_the_credentials_file_is_replaced_whole(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["pairings.json"]
     assert credentials.load(path).client_id == book.client_id
+
+
+def test_changes_from_commands_at_once_are_all_kept(tmp_path: Path) -> None:
+    """Pairings stored from several threads at once (each its own lock descriptor, as two
+    commands have) all end up in the file: none overwrites another's."""
+    path = tmp_path / "conf" / "pairings.json"
+
+    def store(first: int) -> None:
+        for n in range(first, first + 10):
+            with credentials.editing(path) as book:
+                book.put(
+                    credentials.PairedPC(
+                        name=f"pc{n}",
+                        pc_id=f"pc_{n}",
+                        fingerprint=None,
+                        scheme="http",
+                        address="127.0.0.1",
+                        port=5000 + n,
+                        local_name=f"pc{n}.local",
+                        device_id=f"dev_{n}",
+                        device_name="Laptop",
+                        token="t" * 32,
+                        paired_at=credentials.now_iso(),
+                    )
+                )
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(store, range(0, 40, 10)))
+
+    assert sorted(pc.port for pc in credentials.load(path).pcs) == list(range(5000, 5040))
+    assert stat.S_IMODE((path.parent / "pairings.lock").stat().st_mode) == 0o600
 
 
 # --- push and pull --------------------------------------------------------------------------
