@@ -3,15 +3,21 @@
 Every gallery item lands at ``DIR/<its folder>/<its name>`` — the gallery names
 only a file's top folder (the device's, or the PC's own), so folders inside it are not
 recreated; a name taken by another file becomes ``name (1).ext``. Bytes go to a hidden
-``.<name>.lanpair-part`` beside it and are renamed when complete; a part left by an
-interrupted run is continued with Range. Which item went to which name is kept in the
-pull state file, so a second run downloads nothing; a file deleted locally comes again.
+``.<name>.lanpair-part`` beside it (a name too long for that: a hash of it) and are
+renamed when complete; a part left by an interrupted run is continued with Range. Which
+item went to which name is kept in the pull state file, so a second run downloads
+nothing; a file deleted locally comes again. A local file is never replaced: one changed
+since it was pulled stays as it is, and the PC's copy comes beside it as ``name (1).ext``.
+A file that cannot be written here (a full disk, a read-only folder) fails at once; it is
+not retried like a network stall.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -20,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from lanpair.client import ApiClient
-from lanpair.errors import RemoteError, Unreachable
+from lanpair.errors import BadRequest, LanpairError, RemoteError, Unreachable
 from lanpair.names import UnsafeName, numbered, safe_name
 from lanpair.transfer import (
     RETRY_PAUSE_S,
     STALL_TIMEOUT_S,
+    Fatal,
     Meter,
     StateFile,
     Summary,
@@ -35,6 +42,8 @@ from lanpair.transfer import (
 
 GALLERY_PAGE = 500
 PART_SUFFIX = ".lanpair-part"
+NAME_MAX_BYTES = 255  # one name in a folder, on every filesystem a pull is likely to write
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class PullState(StateFile):
@@ -66,6 +75,8 @@ async def pull(
     """Download every gallery file that ``dest`` lacks; return what happened."""
     started = time.monotonic()
     summary = Summary()
+    if await asyncio.to_thread(lambda: dest.exists() and not dest.is_dir()):
+        raise BadRequest(f"{dest} is not a folder: pull fetches files into a folder.")
     items = await _gallery(api, stall_s)
     fetches, summary.already = await asyncio.to_thread(_plan, dest, items, state.placed)
     await state.save()
@@ -76,7 +87,7 @@ async def pull(
         await _download(api, dest, fetch, meter, stall_s)
         return False
 
-    await run_all(fetches, one, summary, meter)
+    await run_all(api, fetches, one, summary, meter)
     summary.elapsed_s = time.monotonic() - started
     return summary
 
@@ -102,13 +113,16 @@ def _plan(
     """Decide where each item goes and which are needed. Blocking (stats files)."""
     fetches: list[_Fetch] = []
     already = 0
-    claimed = {v for v in placed.values() if isinstance(v, str)}
+    listed = {str(item.get("id")) for item in items}  # names of items gone are free again
+    claimed = {v for k, v in placed.items() if isinstance(v, str) and k in listed}
     for item in items:
         file_id, size = item.get("id"), item.get("size")
         if not isinstance(file_id, int) or not isinstance(size, int) or size < 0:
             continue
         key = str(file_id)
         relpath = placed.get(key)
+        if isinstance(relpath, str) and _size_of(dest / relpath) not in (None, size):
+            relpath = None  # changed here since it was pulled (or the PC's copy changed)
         if not isinstance(relpath, str):
             relpath = _free_name(dest, item, size, claimed)
             if relpath is None:
@@ -150,7 +164,10 @@ def _size_of(path: Path) -> int | None:
 
 
 def _part(target: Path) -> Path:
-    return target.with_name(f".{target.name}{PART_SUFFIX}")
+    name = f".{target.name}{PART_SUFFIX}"
+    if len(os.fsencode(name)) > NAME_MAX_BYTES:  # the PC allows names of up to 255 bytes
+        name = f".{hashlib.sha256(os.fsencode(target.name)).hexdigest()[:20]}{PART_SUFFIX}"
+    return target.with_name(name)
 
 
 async def _download(
@@ -158,7 +175,17 @@ async def _download(
 ) -> None:
     """Fetch one file into its part file (continuing one), then rename it into place.
 
-    A stall is the connection's own timeout (``stall_s`` without a byte)."""
+    A stall is the connection's own timeout (``stall_s`` without a byte). A file that
+    cannot be written here fails at once (Fatal when the disk is full)."""
+    try:
+        await _fetch(api, dest, fetch, meter, stall_s)
+    except OSError as exc:  # the network's failures are Unreachable: this is the folder
+        if exc.errno in DISK_FULL:
+            raise Fatal(f"The disk of {dest} is full.") from None
+        raise LanpairError(f"cannot be written here ({exc.strerror or exc}).") from None
+
+
+async def _fetch(api: ApiClient, dest: Path, fetch: _Fetch, meter: Meter, stall_s: float) -> None:
     target = dest / fetch.relpath
     part = _part(target)
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
@@ -174,7 +201,7 @@ async def _download(
         try:
             await _receive(api, fetch, part, have, headers, meter)
             break
-        except (OSError, Unreachable) as exc:
+        except Unreachable as exc:
             if fetch.moved > moved_before:
                 last_moved, pauses = time.monotonic(), iter(RETRY_PAUSE_S)
             if time.monotonic() - last_moved > stall_s:
@@ -215,7 +242,7 @@ async def _receive(
             await asyncio.to_thread(sink.close)
     size = await asyncio.to_thread(_size_of, part)
     if size != fetch.size:
-        raise OSError(f"got {size} of {fetch.size} bytes")
+        raise Unreachable(f"got {size} of {fetch.size} bytes")
 
 
 def _settle(part: Path, target: Path, taken_at: Any) -> None:
@@ -227,11 +254,11 @@ def _settle(part: Path, target: Path, taken_at: Any) -> None:
     try:
         os.link(part, target)
     except FileExistsError:
-        if _size_of(target) != _size_of(part):
-            raise
+        if _size_of(target) != _size_of(part):  # a file made here since the plan: keep it
+            raise LanpairError(f"{target.name} appeared here meanwhile; kept as it is.") from None
     except OSError:  # no hard links here (FAT, some network shares): rename instead
         if target.exists():
-            raise
+            raise LanpairError(f"{target.name} appeared here meanwhile; kept as it is.") from None
         part.replace(target)
         return
     part.unlink()

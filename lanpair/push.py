@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 from lanpair.client import ApiClient, TusAnswer
 from lanpair.errors import BadRequest, RemoteError, Unreachable
+from lanpair.names import UnsafeName, safe_name
 from lanpair.transfer import (
     CHUNK_BYTES,
     RETRY_PAUSE_S,
@@ -72,7 +73,7 @@ def collect(paths: Iterable[Path]) -> list[LocalFile]:
     """Return the files under ``paths``: a folder's own name starts each relpath. Blocking."""
     found: list[LocalFile] = []
     for given in paths:
-        path = given.expanduser().absolute()
+        path = Path(os.path.normpath(given.expanduser().absolute()))  # ".." names its folder
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -93,8 +94,23 @@ def _add(found: list[LocalFile], path: Path, base: Path) -> None:
         return
     if not path.is_file():
         return
-    relpath = path.relative_to(base).as_posix()
+    relpath = "/".join(_sendable(part) for part in path.relative_to(base).parts)
     found.append(LocalFile(path, relpath, stat.st_size, stat.st_mtime_ns))
+
+
+def _sendable(part: str) -> str:
+    """Return one part of a relative path as the PC will store it: the manifest and the
+    upload then name the file as the PC keeps it, and the PC never refuses the path.
+
+    Bytes that are not UTF-8 become U+FFFD (JSON and tus metadata carry only text); a
+    backslash is a name's own character here, not a separator; "Q:A" stays out of drive
+    syntax.
+    """
+    text = os.fsencode(part).decode("utf-8", "replace").replace("\\", "_")
+    try:
+        return safe_name(text)
+    except UnsafeName:  # ".." once its invisible characters are gone
+        return safe_name("_" + text)
 
 
 def sha256_of(path: Path) -> str:
@@ -155,7 +171,7 @@ async def push(
         return bool(answer.duplicate)
 
     try:
-        await run_all(sends, one, summary, meter)
+        await run_all(api, sends, one, summary, meter)
     finally:
         await state.flush()
     summary.elapsed_s = time.monotonic() - started
@@ -255,7 +271,7 @@ async def _send_file(
         metadata: dict[str, str] = {}
         if not isinstance(location, str):
             metadata = {
-                "filename": file.path.name,
+                "filename": file.relpath.rsplit("/", 1)[-1],
                 "relpath": file.relpath,
                 "modified": f"{file.mtime_ns / 1e9:.3f}",
             }

@@ -11,15 +11,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from lanpair import credentials
 from lanpair.errors import LanpairError, NotPaired, PinMismatch, RemoteError, Unreachable
+
+if TYPE_CHECKING:
+    from lanpair.client import ApiClient
 
 CHUNK_BYTES = 1 << 20
 PARALLEL_FILES = 4
 STALL_TIMEOUT_S = 30.0
 RETRY_PAUSE_S = (0.2, 0.5, 1.0, 2.0)
+PROBE_TIMEOUT_S = 5.0  # after a file gave up: how long the PC has to answer one small call
 STATE_VERSION = 1
 SAVE_EVERY_S = 2.0
 STOPS_EVERYTHING = (NotPaired, PinMismatch)
@@ -127,10 +131,19 @@ J = TypeVar("J", bound=Job)
 
 
 async def run_all(
-    jobs: Sequence[J], work: Callable[[J], Awaitable[bool]], summary: Summary, meter: Meter
+    api: ApiClient,
+    jobs: Sequence[J],
+    work: Callable[[J], Awaitable[bool]],
+    summary: Summary,
+    meter: Meter,
 ) -> None:
     """Run ``work`` (True: the PC kept it as a duplicate) on each job, a few at a time,
-    counting each in ``summary``; an error that stops everything cancels the rest."""
+    counting each in ``summary``; an error that stops everything cancels the rest.
+
+    A job that gave up on the PC (Unreachable: nothing moved for the stall timeout) is
+    followed by one small call: if the PC does not answer that either, the transfer stops
+    (Unreachable) rather than let every file left wait out a timeout of its own.
+    """
     queue = list(reversed(jobs))
 
     async def worker() -> None:
@@ -140,6 +153,14 @@ async def run_all(
                 duplicate = await work(job)
             except (Fatal, *STOPS_EVERYTHING):
                 raise
+            except Unreachable as exc:
+                if not await answering(api):
+                    raise Unreachable(
+                        f"The PC stopped answering ({exc.message}); run the same command "
+                        "again when it is back, to continue where it stopped."
+                    ) from None
+                summary.failed.append((job.relpath, exc.message))
+                meter.note(f"{job.relpath}: {exc.message}")
             except LanpairError as exc:
                 summary.failed.append((job.relpath, exc.message))
                 meter.note(f"{job.relpath}: {exc.message}")
@@ -159,6 +180,17 @@ async def run_all(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def answering(api: ApiClient) -> bool:
+    """Return whether the PC answers at all: any answer, even a refusal, says it is there."""
+    try:
+        await guarded(api.call("GET", "/api/info"), PROBE_TIMEOUT_S)
+    except Unreachable:
+        return False
+    except LanpairError:
+        pass
+    return True
 
 
 async def guarded(call: Awaitable[T], limit_s: float) -> T:

@@ -13,6 +13,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -128,9 +129,19 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PC]:
 
 
 def lanpair(
-    *args: str, client_dir: Path, timeout_s: float = 120
+    *args: str,
+    client_dir: Path,
+    timeout_s: float = 120,
+    cwd: Path | None = None,
+    max_file_bytes: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one lanpair command as this machine's client."""
+    """Run one lanpair command as this machine's client (in ``cwd``; writing files of at
+    most ``max_file_bytes``, as `ulimit -f` would allow)."""
+
+    def limit() -> None:
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.run(
         [sys.executable, "-m", "lanpair", *args],
         capture_output=True,
@@ -138,6 +149,8 @@ def lanpair(
         timeout=timeout_s,
         env=_env(client_dir),
         check=False,
+        cwd=cwd,
+        preexec_fn=limit if max_file_bytes is not None else None,
     )
 
 
@@ -408,8 +421,9 @@ def test_a_killed_push_resumes_where_it_stopped_without_resending_finished_files
 
 
 def test_a_push_cut_by_the_pc_going_down_finishes_after_it_comes_back(tmp_path: Path) -> None:
-    """The daemon dies mid-file: the push gives up after --timeout without progress (exit 4,
-    'run again'); with the daemon back on its port, the same command finishes the file."""
+    """The daemon dies mid-file: the push gives up after --timeout without progress and,
+    the PC not answering at all, stops (exit 3, 'run again'); with the daemon back on its
+    port, the same command finishes the file."""
     client, folder = tmp_path / "client", tmp_path / "Send"
     big = make_big(folder / "big.bin", 4 * BIG_BYTES, seed=5)
     data = tmp_path / "data"
@@ -437,7 +451,8 @@ def test_a_push_cut_by_the_pc_going_down_finishes_after_it_comes_back(tmp_path: 
         )
     finally:
         stop_pc(pc)
-    assert push.returncode == 4, out + err
+    assert push.returncode == 3, out + err
+    assert "stopped answering" in err
     assert "run the same command again" in err
     assert resumed["resumed"] == 1
     assert resumed["bytes"] <= big.stat().st_size - arrived
@@ -464,6 +479,158 @@ def test_pull_continues_a_partial_download_with_range(pc: PC, tmp_path: Path) ->
     assert again["bytes"] == BIG_BYTES - BIG_BYTES // 3
     assert target.read_bytes() == big.read_bytes()
     assert not part.exists()
+
+
+def test_pull_never_replaces_a_file_changed_here(pc: PC, tmp_path: Path) -> None:
+    """A pulled file edited here stays as it is; the PC's copy comes beside it as
+    ``name (1)``, and the run goes on to fetch what is new (it once stopped with a
+    traceback, every run after)."""
+    client = tmp_path / "client"
+    folder = device_folder(paired_client(pc, client, name="Editor"))
+    first, later = make_photos(tmp_path / "a", 1, seed=21), make_photos(tmp_path / "b", 1, seed=22)
+    ok(lanpair("push", str(first[0]), "--no-mdns", client_dir=client))
+    back = tmp_path / "back"
+    ok(lanpair("pull", str(back), "--no-mdns", client_dir=client))
+    edited = back / folder / first[0].name
+    edited.write_bytes(edited.read_bytes() + b"edited here")
+    ok(lanpair("push", str(later[0]), "--no-mdns", client_dir=client))
+
+    again = lanpair("pull", str(back), "--json", "--no-mdns", client_dir=client)
+
+    pulled = summary(ok(again))
+    assert "Traceback" not in again.stderr
+    assert edited.read_bytes().endswith(b"edited here")
+    beside = edited.with_name(f"{edited.stem} (1){edited.suffix}")
+    assert beside.read_bytes() == first[0].read_bytes()
+    assert (back / folder / later[0].name).read_bytes() == later[0].read_bytes()
+    assert pulled["failed"] == []
+
+
+def test_pull_into_a_file_is_refused_in_a_sentence(pc: PC, tmp_path: Path) -> None:
+    """DIR must be a folder: a file there is named, with no traceback."""
+    client = tmp_path / "client"
+    paired_client(pc, client)
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+
+    refused = lanpair("pull", str(not_a_folder), "--no-mdns", client_dir=client)
+
+    assert refused.returncode == 1
+    assert "is not a folder" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not_a_folder.read_text() == "mine"
+
+
+def test_pull_fetches_a_name_of_the_longest_length_the_pc_keeps(pc: PC, tmp_path: Path) -> None:
+    """A 244-byte name, which the PC keeps, comes down too: its part file's name would be
+    over the 255-byte limit, so the part is named by a hash of it."""
+    client = tmp_path / "client"
+    folder = device_folder(paired_client(pc, client))
+    source = tmp_path / "src" / ("写真" * 40 + ".jpg")
+    source.parent.mkdir()
+    source.write_bytes(make_photos(tmp_path / "p", 1, seed=23)[0].read_bytes())
+    ok(lanpair("push", str(source), "--no-mdns", client_dir=client))
+
+    pulled = summary(
+        ok(
+            lanpair(
+                "pull",
+                str(tmp_path / "back"),
+                "--json",
+                "--timeout",
+                "3",
+                "--no-mdns",
+                client_dir=client,
+            )
+        )
+    )
+
+    assert pulled["failed"] == []
+    assert (tmp_path / "back" / folder / source.name).read_bytes() == source.read_bytes()
+
+
+def test_pull_fails_a_file_it_cannot_write_at_once_and_fetches_the_rest(
+    pc: PC, tmp_path: Path
+) -> None:
+    """A local write that fails (here: bigger than `ulimit -f` allows) is that file's
+    failure, said as such; it is not retried like a network stall for --timeout."""
+    client = tmp_path / "client"
+    folder = device_folder(paired_client(pc, client, name="Small disk"))
+    make_big(tmp_path / "Send" / "big.bin", 3 << 20, seed=24)
+    make_photos(tmp_path / "Send", 2, seed=25)
+    ok(lanpair("push", str(tmp_path / "Send"), "--no-mdns", client_dir=client))
+
+    limited = lanpair(
+        *("pull", str(tmp_path / "back"), "--json", "--timeout", "600", "--no-mdns"),
+        client_dir=client,
+        timeout_s=300,
+        max_file_bytes=1 << 20,
+    )
+
+    assert limited.returncode == 4, limited.stderr
+    failed = {f["name"]: f["error"] for f in summary(limited)["failed"]}
+    assert "File too large" in failed[f"{folder}/big.bin"]
+    assert "cannot be written here" in failed[f"{folder}/big.bin"]
+    assert len(list((tmp_path / "back" / folder).glob("IMG_*.jpg"))) == 2
+
+
+def test_a_pc_gone_mid_pull_stops_the_run(tmp_path: Path) -> None:
+    """The PC stops answering mid-pull (SIGSTOP: its sockets stay open, nothing moves): the
+    files in flight give up after --timeout, one call finds the PC silent, and the pull
+    stops with exit 3 instead of waiting out a timeout per file left."""
+    client = tmp_path / "client"
+    for n in range(8):
+        make_big(tmp_path / "Send" / f"part{n}.bin", BIG_BYTES // 4, seed=30 + n)
+    back = tmp_path / "back"
+    with running_pc(tmp_path / "data") as pc:
+        folder = device_folder(paired_client(pc, client))
+        ok(lanpair("push", str(tmp_path / "Send"), "--no-mdns", client_dir=client))
+        puller = subprocess.Popen(
+            [sys.executable, "-m", "lanpair", "pull", str(back), "--no-mdns", "--timeout", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(client),
+        )
+        deadline = time.monotonic() + 60
+        while not list((back / folder).glob(".*.lanpair-part")) and time.monotonic() < deadline:
+            assert puller.poll() is None, "the pull ended before the PC went quiet"
+            time.sleep(0.002)
+        pc.process.send_signal(signal.SIGSTOP)
+        try:
+            out, err = puller.communicate(timeout=120)
+        finally:
+            pc.process.send_signal(signal.SIGCONT)
+
+    assert puller.returncode == 3, out + err
+    assert "stopped answering" in err
+    assert "Traceback" not in err
+
+
+def test_push_sends_what_the_pc_would_refuse_or_cannot_name_under_a_name_it_keeps(
+    pc: PC, tmp_path: Path
+) -> None:
+    """A folder named like a drive ("Q:A"), a name that is not UTF-8 and one with a
+    backslash all go, under the names the PC keeps (one refused name once failed the whole
+    push, a non-UTF-8 one with a traceback); `push ..` sends the folder above."""
+    client = tmp_path / "client"
+    folder = device_folder(paired_client(pc, client, name="Odd names"))
+    trip = tmp_path / "Trip"
+    (trip / "Q:A").mkdir(parents=True)
+    (trip / "Q:A" / "inside.txt").write_text("drive-like")
+    (trip / "day1").mkdir()
+    Path(os.fsdecode(os.fsencode(trip / "day1") + b"/caf\xe9.txt")).write_bytes(b"not utf-8")
+    (trip / "day1" / "a\\b.txt").write_text("backslash")
+
+    drive_like = lanpair("push", str(trip / "Q:A"), "--json", "--no-mdns", client_dir=client)
+    from_inside = lanpair("push", "..", "--json", "--no-mdns", client_dir=client, cwd=trip / "day1")
+
+    stored = pc.data_dir / "uploads" / folder
+    assert summary(ok(drive_like))["files"] == 1
+    assert (stored / "Q_A" / "inside.txt").read_text() == "drive-like"
+    assert summary(ok(from_inside))["failed"] == []
+    assert (stored / "Trip" / "day1" / "caf\ufffd.txt").read_bytes() == b"not utf-8"
+    assert (stored / "Trip" / "day1" / "a_b.txt").read_text() == "backslash"
 
 
 def test_status_and_push_say_when_the_pc_is_gone_or_the_pairing_revoked(tmp_path: Path) -> None:

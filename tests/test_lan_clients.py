@@ -342,8 +342,8 @@ def test_discover_marks_a_pc_cut_off_the_lan_unreachable(lan: Lan, tmp_path: Pat
 
 @pytest.mark.timeout(180)
 def test_a_push_cut_off_mid_file_finishes_when_run_again(lan: Lan, tmp_path: Path) -> None:
-    """The PC's cable is cut in the middle of the big file: the push gives up (exit 4, 'run
-    again'); after the cable is back, the same command sends only the rest of that file and
+    """The PC's cable is cut in the middle of the big file: the push gives up and, the PC
+    not answering at all, stops (exit 3, 'run again'); after the cable is back, the same command sends only the rest of that file and
     none of the photos that had arrived."""
     pc, laptop = lan["pc"], lan["laptop"]
     daemon = start_daemon(pc, tmp_path / "data")
@@ -363,7 +363,8 @@ def test_a_push_cut_off_mid_file_finishes_when_run_again(lan: Lan, tmp_path: Pat
     pc.heal()
     resumed = json.loads(ok(lanpair(laptop, "push", str(folder), "--json", client=client)).stdout)
 
-    assert push.returncode == 4, out + err
+    assert push.returncode == 3, out + err
+    assert "stopped answering" in err
     assert "run the same command again" in err
     assert (resumed["files"], resumed["resumed"], resumed["already"]) == (1, 1, len(photos))
     assert resumed["bytes"] <= big.stat().st_size - arrived
