@@ -113,6 +113,7 @@ class Library:
         self._claims: dict[str, int] = {}  # paths lanpair itself is changing right now
         self._deferred: set[str] = set()  # what the watcher saw there meanwhile
         self._loose: set[str] = set()  # files directly in the root the log has named
+        self._odd: set[str] = set()  # names that are not UTF-8 the log has named
 
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
@@ -536,6 +537,7 @@ class Library:
         report = ScanReport(diff.files, added, removed, took)
         if folder == "":  # the walk looked at the whole root
             self._tell_loose(self._loose | set(diff.loose), diff.loose)
+        self._tell_odd(diff.odd)
         if folder == "" or report.added or report.removed:
             log.info(
                 "library scan%s: %d files, %d new or changed, %d gone (%.1fs)",
@@ -558,7 +560,15 @@ class Library:
         await self._scanned.wait()
         files: list[str] = []
         for change in changes:
-            if change.folder and change.dest is not None:
+            paths = [p for p in (change.relpath, change.dest) if p is not None]
+            if odd := [p for p in paths if not tree.is_text(p)]:
+                self._tell_odd(odd)
+                for path in set(paths) - set(odd):  # it came or went under the other name
+                    if change.folder:
+                        await self.scan(path, announce=True)
+                    else:
+                        files.append(path)
+            elif change.folder and change.dest is not None:
                 await self._follow_folder_move(change.relpath, change.dest)
             elif change.folder:
                 await self.scan(change.relpath, announce=True)
@@ -599,6 +609,18 @@ class Library:
                 "files in its folders (this PC's own is %s/)",
                 _few(fresh),
                 self.pc_folder,
+            )
+
+    def _tell_odd(self, relpaths: list[str]) -> None:
+        """Say, once for each, which names no gallery can show (not UTF-8: the index and
+        JSON hold text), and what to do."""
+        odd = dict.fromkeys(tree.odd_part(relpath) for relpath in relpaths)
+        fresh = [relpath for relpath in odd if relpath not in self._odd]
+        self._odd.update(fresh)
+        if fresh:
+            log.warning(
+                "not in the gallery: %s: the name is not UTF-8 text; rename it to show it",
+                _few([tree.shown(relpath) for relpath in fresh]),
             )
 
     async def _reconcile(self, diff: tree.Diff, *, announce: bool) -> tuple[int, int]:

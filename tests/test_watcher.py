@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -306,6 +307,51 @@ async def test_the_start_scan_names_files_left_in_the_root(
     hints = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not in the")]
     assert len(hints) == 1
     assert "and 2 more, directly in the library folder" in hints[0]
+    assert list(await daemon.store.files.stats(FOLDER)) == [f"{FOLDER}/shown.jpg"]
+
+
+def odd_name(folder: Path, name: bytes) -> Path:
+    """Return ``folder/name`` for a name that is not UTF-8 (as an old camera card has)."""
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+
+
+async def test_names_that_are_not_utf8_are_named_once_and_the_rest_goes_on(
+    watched: tuple[Daemon, Path, Subscription], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file or folder whose name is not UTF-8 cannot be shown (the index and JSON hold
+    text): the log names each once, and files beside it are indexed as ever (one such name
+    once stopped all indexing). Renamed to text, it shows up."""
+    caplog.set_level(logging.INFO, logger="lanpair.library")
+    daemon, folder, subscription = watched
+    odd_name(folder, b"caf\xe9.jpg").write_bytes(jpeg(60))
+    album = odd_name(folder, b"Album \xff")
+    album.mkdir()
+    (album / "inside.jpg").write_bytes(jpeg(61))
+    (folder / "beside.jpg").write_bytes(jpeg(62))
+
+    added = await collect(subscription)
+    await daemon.library.scan()
+
+    assert [(e.type, e.data["item"]["name"]) for e in added] == [("file.added", "beside.jpg")]
+    hints = [r.getMessage() for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert len(hints) == 2
+    assert "Camera/caf\\xe9.jpg" in "".join(hints)
+    assert "Camera/Album \\xff" in "".join(hints)
+    album.rename(folder / "Album")
+    shown = await wait_for(subscription, 1)
+    assert shown[0].data["item"]["name"] == "inside.jpg"
+
+
+async def test_the_start_scan_goes_past_a_name_that_is_not_utf8(
+    make_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """At start too: the scan finishes and indexes the other files."""
+    root = tmp_path / "library"
+    (root / FOLDER).mkdir(parents=True)
+    odd_name(root / FOLDER, b"\xe9t\xe9.jpg").write_bytes(jpeg(63))
+    (root / FOLDER / "shown.jpg").write_bytes(jpeg(64))
+    daemon = await make_daemon(library_root=root)
+    await asyncio.wait_for(daemon.library._scanned.wait(), 10)
     assert list(await daemon.store.files.stats(FOLDER)) == [f"{FOLDER}/shown.jpg"]
 
 
