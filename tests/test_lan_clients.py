@@ -343,8 +343,8 @@ def test_discover_marks_a_pc_cut_off_the_lan_unreachable(lan: Lan, tmp_path: Pat
 @pytest.mark.timeout(180)
 def test_a_push_cut_off_mid_file_finishes_when_run_again(lan: Lan, tmp_path: Path) -> None:
     """The PC's cable is cut in the middle of the big file: the push gives up and, the PC
-    not answering at all, stops (exit 3, 'run again'); after the cable is back, the same command sends only the rest of that file and
-    none of the photos that had arrived."""
+    not answering at all, stops (exit 3, 'run again'); after the cable is back, the same
+    command sends only the rest of that file and none of the photos that had arrived."""
     pc, laptop = lan["pc"], lan["laptop"]
     daemon = start_daemon(pc, tmp_path / "data")
     client = tmp_path / "client"
