@@ -486,6 +486,55 @@ async def test_a_zip_of_chosen_files_streams_back(daemon: Daemon, phone: dict[st
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": ["1"]}) == 400
 
 
+async def test_a_zip_holds_files_dated_outside_what_zip_can_say(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Files dated 1970 or 2200 are in the zip, their dates clamped to the format's range
+    (such a file was once left out, and the zip still looked whole)."""
+    import zipfile
+
+    _, old = await upload(daemon, phone["device_token"], ("old.txt", b"1970"), modified_ms=1000)
+    _, far = await upload(
+        daemon, phone["device_token"], ("far.txt", b"2200"), modified_ms=7_258_118_400_000
+    )
+    ids = [old["files"][0]["id"], far["files"][0]["id"]]
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.post("/api/download.zip", json={"ids": ids}) as response,
+    ):
+        archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+
+    assert {Path(n).name: archive.read(n) for n in archive.namelist()} == {
+        "old.txt": b"1970",
+        "far.txt": b"2200",
+    }
+    assert [archive.getinfo(n).date_time[0] for n in archive.namelist()] == [1980, 2107]
+
+
+async def test_a_zip_whose_file_cannot_be_read_midway_ends_broken_not_whole(
+    daemon: Daemon, phone: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chosen file that turns into a folder while the zip streams: the download ends
+    broken (the client sees it failed), not as a well-formed zip lacking that file; the log
+    says which; chosen that way from the start, it is a JSON 404."""
+    big, small = os.urandom(40 << 20), b"small"
+    _, body = await upload(daemon, phone["device_token"], ("big.bin", big), ("small.txt", small))
+    ids = [r["id"] for r in body["files"]]
+    small_path = daemon.library.paths.root / body["files"][1]["stored_as"]
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.post("/api/download.zip", json={"ids": ids}) as response:
+            assert response.status == 200
+            await response.content.readexactly(1 << 20)  # the writer is inside big.bin
+            small_path.unlink()
+            small_path.mkdir()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        assert "zip download cut short: cannot read" in caplog.text
+        async with device.post("/api/download.zip", json={"ids": ids[1:]}) as response:
+            assert response.status == 404
+            assert (await response.json())["error"] == "not_found"
+
+
 async def test_a_rescan_indexes_hand_copied_files_and_forgets_deleted_ones(
     make_daemon: StartDaemon,
 ) -> None:

@@ -35,6 +35,7 @@ from lanpair.server.middleware import (
 from lanpair.server.multipart import FormPart, FormReader
 from lanpair.spool import human_size
 from lanpair.store import FileQuery
+from lanpair.zipstream import ZipCutShort
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -253,7 +254,10 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
     ):
         raise errors.BadRequest(f"ids must be a list of 1 to {MAX_ZIP_FILES} file ids.")
     async with contextlib.aclosing(request.app[LIBRARY_KEY].zip_stream(ids)) as chunks:
-        first = await anext(chunks)  # a missing file answers 404 before anything is sent
+        try:
+            first = await anext(chunks)  # a missing file answers 404 before anything is sent
+        except ZipCutShort:
+            raise errors.NotFound("A chosen file can no longer be read; it may be gone.") from None
         response = web.StreamResponse(
             headers={
                 hdrs.CONTENT_TYPE: "application/zip",
@@ -263,8 +267,13 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         await response.write(first)
-        async for chunk in chunks:
-            await response.write(chunk)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except ZipCutShort:  # end the connection: the client must see a broken download
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         await response.write_eof()
         return response
 
