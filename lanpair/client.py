@@ -247,7 +247,7 @@ class ApiClient:
             file_id = response.headers.get("Lanpair-File-Id", "")
             return TusAnswer(
                 offset=_offset(response),
-                file_id=int(file_id) if file_id.isdigit() else None,
+                file_id=int(file_id) if file_id.isascii() and file_id.isdigit() else None,
                 duplicate=response.headers.get("Lanpair-Duplicate") == "true",
                 sha256=response.headers.get("Lanpair-Sha256") or None,
             )
@@ -342,7 +342,7 @@ def encode_metadata(metadata: Mapping[str, str]) -> str:
 
 def _offset(response: Response) -> int:
     text = response.headers.get("Upload-Offset", "")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise RemoteError("The PC's answer has no Upload-Offset.", status=response.status)
     return int(text)
 

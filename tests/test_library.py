@@ -17,6 +17,7 @@ import pytest
 from conftest import Daemon, StartDaemon
 from PIL import Image
 from test_api import bearer, pair, status_of
+from yarl import URL
 
 from lanpair.library import item_json
 from lanpair.server import api_library
@@ -720,6 +721,26 @@ async def test_odd_requests_get_4xx_never_500(daemon: Daemon, phone: dict[str, A
         for date in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"):
             assert await status_of(device, "GET", "/api/gallery", params={"from": date}) == 400
         assert await status_of(device, "POST", "/api/download.zip", json={"ids": [2**63]}) == 400
+        # Digits that are not ASCII: "²" (int() refuses it) and Arabic-Indic one (int() reads it)
+        for odd_id in ("%C2%B2", "%D9%A1"):
+            for method, path in (
+                ("GET", f"/files/{odd_id}"),
+                ("GET", f"/thumbs/{odd_id}"),
+                ("DELETE", f"/api/files/{odd_id}"),
+            ):
+                async with device.request(
+                    method, URL(path, encoded=True), headers={"Accept": "application/json"}
+                ) as response:
+                    assert response.status == 404, (method, path)
+                    assert (await response.json())["error"] == "not_found"
+        async with device.get("/api/events", params={"since": "²"}) as response:
+            assert response.status == 400
+        odd_size = aiohttp.FormData(quote_fields=False)
+        odd_size.add_field("size", "²")
+        odd_size.add_field("file", b"sized oddly", filename="odd.txt")
+        async with device.post("/api/upload", data=odd_size) as response:
+            assert response.status == 200  # the size is a hint for progress: ignored
+            assert (await response.json())["files"][0]["ok"]
 
 
 async def test_an_upload_is_one_plain_log_line(

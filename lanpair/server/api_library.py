@@ -31,6 +31,7 @@ from lanpair.server.middleware import (
     media_type,
     read_json,
     sender,
+    whole_number,
 )
 from lanpair.server.multipart import FormPart, FormReader
 from lanpair.spool import human_size
@@ -385,15 +386,14 @@ def _modified(text: str) -> float | None:
 
 def _size(text: str) -> int | None:
     """Read the byte size a client announces for the next file (for progress only)."""
-    text = text.strip()
-    return int(text) if text.isdigit() and len(text) <= 18 else None
+    return whole_number(text.strip())
 
 
 def _file_id(request: web.Request) -> int:
-    text = request.match_info["id"]
-    if not text.isdigit() or len(text) > 18:
+    file_id = whole_number(request.match_info["id"])
+    if file_id is None:
         raise errors.NotFound("There is no file with that id.")
-    return int(text)
+    return file_id
 
 
 def _query(request: web.Request) -> FileQuery:

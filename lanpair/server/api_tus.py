@@ -31,7 +31,15 @@ from lanpair.library import Library, Stored
 from lanpair.names import safe_relpath
 from lanpair.paths import replace_file
 from lanpair.server.keys import HUB_KEY, LIBRARY_KEY, SERVICES_KEY, TUS_KEY
-from lanpair.server.middleware import Access, access, caller, media_type, next_chunk, sender
+from lanpair.server.middleware import (
+    Access,
+    access,
+    caller,
+    media_type,
+    next_chunk,
+    sender,
+    whole_number,
+)
 from lanpair.spool import FILE_MODE, Spool, human_size, pump
 from lanpair.tasks import spawn
 
@@ -399,10 +407,10 @@ def _check_version(request: web.Request) -> None:
 
 
 def _header_int(request: web.Request, name: str) -> int:
-    text = request.headers.get(name, "")
-    if not text.isdigit() or len(text) > 18:
+    value = whole_number(request.headers.get(name, ""))
+    if value is None:
         raise errors.BadRequest(f"{name} must be a whole number of bytes.")
-    return int(text)
+    return value
 
 
 def _parse_metadata(header: str) -> dict[str, str]:

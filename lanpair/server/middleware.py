@@ -297,6 +297,17 @@ async def read_json(request: web.Request, *, limit: int = JSON_LIMIT_BYTES) -> d
     return data
 
 
+def whole_number(text: str, max_digits: int = 18) -> int | None:
+    """Return ``text`` read as a whole number of ASCII digits, or None if it is not one.
+
+    ``str.isdigit`` alone takes "²" (which ``int`` refuses) and Arabic-Indic digits (which it
+    reads).
+    """
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
+
+
 def field(data: dict[str, Any], name: str, kind: type) -> Any:
     """Return a required field of the given JSON type. Raises BadRequest."""
     if name not in data:

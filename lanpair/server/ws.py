@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, hdrs, web
 from lanpair import errors
 from lanpair.events import CLOSE_GOING_AWAY, Closed, EventHub, Subscription, encode
 from lanpair.server.keys import HUB_KEY, SERVICES_KEY, SOCKETS_KEY
-from lanpair.server.middleware import Access, access, caller
+from lanpair.server.middleware import Access, access, caller, whole_number
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -89,6 +89,7 @@ async def _stop(task: asyncio.Task[None]) -> None:
 def _since(text: str | None) -> int | None:
     if text is None or text == "":
         return None
-    if not text.isdigit() or len(text) > 18:
+    since = whole_number(text)
+    if since is None:
         raise errors.BadRequest("since must be the id of an event.")
-    return int(text)
+    return since
