@@ -468,9 +468,7 @@ class Library:
             except FileExistsError:
                 raise NameTaken(f"There is already a file named {name!r} there.") from None
             await asyncio.to_thread(path.unlink)
-            moved = await self._store.files.move(
-                record.id, relpath, record.folder, record.device_id
-            )
+            moved = await self._move(record.id, relpath, record.folder, record.device_id)
         if moved is None:
             raise NotFound("The file left the library while it was renamed.")
         log.info("renamed %s to %s", record.relpath, name)
@@ -668,7 +666,7 @@ class Library:
             await self._unindex([indexed[dest]], announce=True)
         folder = dest.split("/", 1)[0]
         device_id = (await self._device_folders()).get(folder)
-        moved = await self._store.files.move(old.id, dest, folder, device_id)
+        moved = await self._move(old.id, dest, folder, device_id)
         if moved is not None:
             log.info("%s was moved to %s", source, dest)
             self.hub.publish("file.moved", {"id": moved.id, "item": item_json(moved)})
@@ -684,7 +682,7 @@ class Library:
         for relpath, stat in renamed.items():
             if on_disk.get(relpath) != (stat.size, stat.mtime_ns):
                 continue  # not the same file: the scans below sort it out
-            record = await self._store.files.move(stat.id, relpath, folder, device_id)
+            record = await self._move(stat.id, relpath, folder, device_id)
             if record is not None:
                 moved += 1
                 self.hub.publish("file.moved", {"id": record.id, "item": item_json(record)})
@@ -692,6 +690,17 @@ class Library:
         log.info("folder %s was renamed to %s (%d files)", source, dest, moved)
         await self.scan(source, announce=True)
         await self.scan(dest, announce=True)
+
+    async def _move(
+        self, file_id: int, relpath: str, folder: str, device_id: str | None
+    ) -> FileRecord | None:
+        """Index a file at its new path. A row the index still had there (its file was
+        deleted by hand, and the watcher has not said so yet) goes, and is announced."""
+        moved, displaced = await self._store.files.move(file_id, relpath, folder, device_id)
+        for gone in displaced:
+            await asyncio.to_thread(self._thumbs.forget_id, gone)
+            self.hub.publish("file.removed", {"id": gone})
+        return moved
 
     async def _unindex(self, stats: list[FileStat], *, announce: bool) -> int:
         """Drop vanished files from the index (and their thumbnails); return how many."""

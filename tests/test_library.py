@@ -468,6 +468,35 @@ async def test_the_trash_is_purged_after_30_days(daemon: Daemon, phone: dict[str
     assert list(daemon.library.paths.trash.iterdir()) == []
 
 
+async def test_a_rename_onto_a_name_whose_file_was_deleted_by_hand(
+    make_daemon: StartDaemon,
+) -> None:
+    """The index still lists a file deleted by hand (no watcher here, as between rescans on
+    a network share): renaming another file to its name works, and the stale item goes,
+    announced (it once answered 500 after renaming on disk, leaving the index wrong)."""
+    daemon = await make_daemon(watch=None)
+    await asyncio.wait_for(daemon.library._scanned.wait(), 10)
+    phone = await pair(daemon, "Phone", "phone-client")
+    _, body = await upload(daemon, phone["device_token"], ("a.txt", b"A"), ("b.txt", b"B"))
+    a, b = body["files"]
+    (daemon.library.paths.root / b["stored_as"]).unlink()
+    events = daemon.library.hub.subscribe()
+
+    async with daemon.session(headers=bearer(phone["device_token"])) as device:
+        async with device.post(f"/api/files/{a['id']}/rename", json={"name": "b.txt"}) as response:
+            assert response.status == 200
+            assert (await response.json())["id"] == a["id"]
+        async with device.get("/api/gallery") as response:
+            items = (await response.json())["items"]
+
+    assert [(i["id"], i["name"]) for i in items] == [(a["id"], "b.txt")]
+    said = [await asyncio.wait_for(events.next(), 5) for _ in range(2)]
+    assert [(e.type, e.data["id"]) for e in said] == [
+        ("file.removed", b["id"]),
+        ("file.moved", a["id"]),
+    ]
+
+
 async def test_a_zip_of_chosen_files_streams_back(daemon: Daemon, phone: dict[str, Any]) -> None:
     """POST /api/download.zip streams a valid zip holding exactly the chosen files."""
     import zipfile

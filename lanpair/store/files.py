@@ -224,15 +224,23 @@ class FileTable:
 
     async def move(
         self, file_id: int, relpath: str, folder: str, device_id: str | None
-    ) -> FileRecord | None:
-        """Record that a file now lives at ``relpath`` (None if it left the index)."""
+    ) -> tuple[FileRecord | None, list[int]]:
+        """Record that a file now lives at ``relpath``; return it (None if it left the
+        index) and the ids of the rows it displaced there: files gone from disk that the
+        index still had at that path (a delete by hand not yet seen, or never seen)."""
 
-        def move(conn: sqlite3.Connection) -> FileRecord | None:
+        def move(conn: sqlite3.Connection) -> tuple[FileRecord | None, list[int]]:
+            there = (relpath, file_id)
+            displaced = [
+                row[0]
+                for row in conn.execute("SELECT id FROM files WHERE relpath = ? AND id != ?", there)
+            ]
+            conn.execute("DELETE FROM files WHERE relpath = ? AND id != ?", there)
             conn.execute(
                 "UPDATE files SET relpath = ?, folder = ?, name = ?, device_id = ? WHERE id = ?",
                 (relpath, folder, relpath.rsplit("/", 1)[-1], device_id, file_id),
             )
-            return _maybe(conn, "id = ?", (file_id,))
+            return _maybe(conn, "id = ?", (file_id,)), displaced
 
         return await self._store.write(move)
 
