@@ -18,6 +18,9 @@ from conftest import Daemon
 from test_api import bearer, pair, status_of
 from tusclient import client as tus_client
 
+from lanpair.server.api_tus import SendLock
+from lanpair.server.keys import TUS_KEY
+
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 MiB = 1 << 20
@@ -288,6 +291,38 @@ async def test_protocol_errors(daemon: Daemon, phone: dict[str, Any]) -> None:
         )
         assert await status_of(device, "POST", "/api/tus/", headers={"Upload-Length": "1"}) == 400
     assert not list(daemon.library.paths.resumable.iterdir())
+
+
+async def test_a_patch_that_waited_while_its_upload_ended_gets_404(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """A PATCH waiting for the upload's lock while another request ends the upload (the
+    last bytes filed it, or a DELETE) is told the upload is gone: 404, not 500."""
+    headers = {**bearer(phone["device_token"]), **TUS}
+    meta = "filename " + base64.b64encode(b"raced.bin").decode()
+    tus = daemon.app[TUS_KEY]
+    async with daemon.session(headers=headers) as device:
+        async with device.post(
+            "/api/tus/", headers={"Upload-Length": "3", "Upload-Metadata": meta}
+        ) as response:
+            url = response.headers["Location"]
+        upload_id = url.rsplit("/", 1)[1]
+        lock = tus.locks.setdefault(upload_id, SendLock())
+        await lock.acquire()  # another request holds the upload
+        late = asyncio.create_task(
+            status_of(
+                device,
+                "PATCH",
+                url,
+                data=b"abc",
+                headers={"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
+            )
+        )
+        await asyncio.sleep(0.3)  # the PATCH now waits for the lock
+        tus.delete(upload_id)  # what that request did: the upload ended
+        lock.release()
+
+        assert await late == 404
 
 
 async def test_a_wrong_sha256_in_the_metadata_stores_nothing(

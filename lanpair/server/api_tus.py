@@ -219,7 +219,10 @@ async def append(request: web.Request) -> web.Response:
     offset = _header_int(request, "Upload-Offset")
     checksum = _checksum(request.headers.get("Upload-Checksum"))
     async with _taken_over(tus, upload.id) as lock:
-        spool = tus.spools.get(upload.id) or await library.resume_spool(tus.part(upload.id))
+        try:
+            spool = tus.spools.get(upload.id) or await library.resume_spool(tus.part(upload.id))
+        except FileNotFoundError:  # finished, ended or expired while this request waited
+            raise errors.NotFound("There is no such upload (it may have expired).") from None
         tus.spools[upload.id] = spool
         if offset != spool.size:
             raise errors.OffsetMismatch(f"The upload is at offset {spool.size}, not {offset}.")
