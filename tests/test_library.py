@@ -289,6 +289,18 @@ async def test_downloads_support_ranges_and_never_run_content(
             assert await r.read() == photo[10:20]
         async with device.get(f"/files/{photo_id}", headers={"If-None-Match": etag}) as r:
             assert r.status == 304
+        # If-Range: the same version by its tag gets the range, another the whole file
+        for validator, status, part in ((etag, 206, photo[10:20]), ('"other"', 200, photo)):
+            headers = {"Range": "bytes=10-19", "If-Range": validator}
+            async with device.get(f"/files/{photo_id}", headers=headers) as r:
+                assert (r.status, await r.read()) == (status, part)
+        # Several ranges, or another unit: ignored; a suffix of no bytes: unsatisfiable
+        for wanted in ("bytes=0-1,5-6", "items=0-1"):
+            async with device.get(f"/files/{photo_id}", headers={"Range": wanted}) as r:
+                assert (r.status, await r.read()) == (200, photo)
+        async with device.get(f"/files/{photo_id}", headers={"Range": "bytes=-0"}) as r:
+            assert r.status == 416
+            assert r.headers["Content-Range"] == f"bytes */{len(photo)}"
         async with device.get(f"/files/{page_id}") as response:
             assert response.content_type == "application/octet-stream"
             assert response.headers["Content-Disposition"].startswith("attachment;")
