@@ -464,10 +464,9 @@ class Library:
         relpath = "/".join((*record.relpath.split("/")[:-1], name))
         with self._claiming(record.relpath, relpath):
             try:
-                await asyncio.to_thread(os.link, path, target)
+                await asyncio.to_thread(tree.put, path, str(target))
             except FileExistsError:
                 raise NameTaken(f"There is already a file named {name!r} there.") from None
-            await asyncio.to_thread(path.unlink)
             moved = await self._move(record.id, relpath, record.folder, record.device_id)
         if moved is None:
             raise NotFound("The file left the library while it was renamed.")

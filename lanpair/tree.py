@@ -15,7 +15,7 @@ import logging
 import mimetypes
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISDIR as stat_is_dir
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 MAX_COLLISIONS = 10_000
 
 
+# What link() says on a filesystem without hard links (exFAT, FAT, some SMB shares)
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
 def move_in(
     root: Path,
     source: Path,
@@ -43,21 +47,20 @@ def move_in(
     sha256: str | None,
     head: bytes | None = None,
 ) -> NewFile:
-    """Place ``source`` (a durable file outside the gallery) at ``root/parts`` under the
-    first free name, describe it for the index, and remove its old name. Blocking.
+    """Move ``source`` (a durable file outside the gallery) to ``root/parts`` under the
+    first free name, described for the index. Blocking.
 
-    It is read by its old name, the same file: an open() in the watched tree would look
-    to the watcher like a writer at work.
+    It is described before it moves: an open() in the watched tree would look to the
+    watcher like a writer at work.
     """
+    wanted = "/".join(parts)
+    new = describe(source, wanted, folder, device_id, sha256, head or read_head(source))
     relpath = place(root, source, parts)
-    try:
-        return describe(source, relpath, folder, device_id, sha256, head or read_head(source))
-    finally:
-        source.unlink()
+    return new if relpath == wanted else replace(new, relpath=relpath)
 
 
 def place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
-    """Link ``temp`` into ``root/parts`` under the first free name; return its relpath.
+    """Move ``temp`` to ``root/parts`` under the first free name; return its relpath.
 
     Folders are walked with O_NOFOLLOW, so a symlink in the library never leads a write
     out of it. Blocking.
@@ -71,7 +74,7 @@ def place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
         for n in range(MAX_COLLISIONS):
             name = parts[-1] if n == 0 else numbered(parts[-1], n)
             try:
-                os.link(temp, name, dst_dir_fd=fd)
+                put(temp, name, dir_fd=fd)
             except FileExistsError:
                 continue
             os.fsync(fd)
@@ -79,6 +82,32 @@ def place(root: Path, temp: Path, parts: tuple[str, ...]) -> str:
     finally:
         os.close(fd)
     raise BadRequest(f"Too many files are named {parts[-1]!r} in that folder.")
+
+
+def put(source: Path, name: str, *, dir_fd: int | None = None) -> None:
+    """Give the file at ``source`` the name ``name`` (in the folder ``dir_fd``), never
+    over another file: FileExistsError if the name is taken. The old name is gone after.
+
+    A hard link, then the old name unlinked: rename() would replace a file that took the
+    name meanwhile. Where the filesystem has no hard links, the name is first taken by an
+    empty file created exclusively, and the file renamed over that. Blocking.
+    """
+    try:
+        os.link(source, name, dst_dir_fd=dir_fd)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        os.close(os.open(name, flags, 0o600, dir_fd=dir_fd))  # FileExistsError if taken
+        try:
+            os.rename(source, name, dst_dir_fd=dir_fd)
+        except BaseException:
+            os.unlink(name, dir_fd=dir_fd)
+            raise
+    else:
+        source.unlink()
 
 
 def _enter(parent_fd: int, name: str) -> int:

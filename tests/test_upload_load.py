@@ -1,9 +1,11 @@
-"""Uploads under load: many at once, one huge one with flat memory, a disk that fills up."""
+"""Uploads under load and on other disks: many at once, one huge one with flat memory, a disk
+that fills up, an exFAT disk (no hard links)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,6 +79,67 @@ async def test_a_disk_that_fills_up_gives_507_and_keeps_nothing(
     assert list(daemon.library.paths.staging.iterdir()) == []
     status, _ = await upload(daemon, device["device_token"], ("small.bin", b"x" * 1000))
     assert status == 200
+
+
+@pytest.fixture
+def exfat_disk(tmp_path: Path) -> Iterator[Path]:
+    """Mount a 64 MiB exFAT image (FUSE, over a loop device; root only): a filesystem
+    without hard links, as USB disks and some network shares are."""
+    if os.geteuid() != 0:
+        skip_or_fail("mounting an exFAT image needs root")
+    if not (shutil.which("mkfs.exfat") and shutil.which("mount.exfat-fuse")):
+        skip_or_fail("needs exfatprogs and exfat-fuse (apt-get install exfatprogs exfat-fuse)")
+    image, mount = tmp_path / "exfat.img", tmp_path / "exfat"
+    mount.mkdir()
+    with image.open("wb") as out:
+        out.truncate(64 * MiB)
+    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount.exfat-fuse", loop, str(mount)], check=True, capture_output=True)
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", str(mount)], check=False)
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+async def test_uploads_renames_and_restores_work_on_a_disk_without_hard_links(
+    exfat_disk: Path, make_daemon: StartDaemon
+) -> None:
+    """On exFAT, link() is refused: files are then moved in under a name taken exclusively
+    first, still never over another file (every upload there once failed with a 500)."""
+    library = exfat_disk / "library"
+    daemon = await make_daemon(library_root=library)
+    await asyncio.wait_for(daemon.library._scanned.wait(), 10)
+    device = await pair(daemon)
+    token = device["device_token"]
+    (exfat_disk / "probe").touch()
+    with pytest.raises(PermissionError):  # what this test is about
+        os.link(exfat_disk / "probe", exfat_disk / "probe-link")
+
+    first = await upload(daemon, token, ("a.txt", b"first"), ("b.txt", b"second"))
+    same_name = await upload(daemon, token, ("a.txt", b"another a"))
+    a_id, b_id = (f["id"] for f in first[1]["files"])
+    async with daemon.session(headers=bearer(token)) as session:
+        async with session.post(f"/api/files/{a_id}/rename", json={"name": "b.txt"}) as taken:
+            assert taken.status == 409
+        async with session.post(f"/api/files/{a_id}/rename", json={"name": "c.txt"}) as renamed:
+            assert renamed.status == 200
+        async with session.delete(f"/api/files/{b_id}") as deleted:
+            assert deleted.status == 200
+        async with session.post(f"/api/files/{b_id}/restore", json={}) as restored:
+            assert restored.status == 200
+
+    assert (first[0], same_name[0]) == (200, 200)
+    assert same_name[1]["files"][0]["stored_as"].endswith("/a (1).txt")
+    assert sorted(library_files(daemon).values()) == [b"another a", b"first", b"second"]
+    names = sorted(Path(relpath).name for relpath in library_files(daemon))
+    assert names == ["a (1).txt", "b.txt", "c.txt"]
+    assert list(daemon.library.paths.staging.iterdir()) == []
 
 
 @pytest.mark.slow
