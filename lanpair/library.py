@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -114,6 +115,10 @@ class Library:
         self._deferred: set[str] = set()  # what the watcher saw there meanwhile
         self._loose: set[str] = set()  # files directly in the root the log has named
         self._odd: set[str] = set()  # names that are not UTF-8 the log has named
+        # one upload of a content at a time (a lock lives while an upload holds or awaits it)
+        self._content_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def __aenter__(self) -> Self:
         """Make the library's folders, start drawing thumbnails, and rescan in the background."""
@@ -245,11 +250,9 @@ class Library:
         first, ended = await gather_up_to(stream, WRITE_BLOCK_BYTES)
         if on_bytes is not None and first:
             on_bytes(sum(map(len, first)))
-        if ended:  # a small file, here whole: written, made durable and placed in one trip
-            found = await asyncio.to_thread(
-                self._ingest_whole, first, modified, folder, device_id, relparts
-            )
-            return await self._stored(found)
+        if ended:  # a small file, here whole: written and made durable in one trip
+            spool, sha256 = await asyncio.to_thread(self._write_whole, first, modified)
+            return await self._file_in(spool, sha256, folder, device_id, relparts)
         if size_hint is not None:
             await asyncio.to_thread(self.check_space, size_hint)
         spool = await asyncio.to_thread(
@@ -263,24 +266,17 @@ class Library:
             raise
         return await self.settle(spool, folder, device_id, relparts, modified=modified)
 
-    def _ingest_whole(
-        self,
-        pieces: list[bytes],
-        modified: float | None,
-        folder: str,
-        device_id: str | None,
-        relparts: tuple[str, ...],
-    ) -> FileRecord | NewFile:
-        """Write a whole small file to a new spool, make it durable and place it (or find
-        the copy already there). Blocking."""
+    def _write_whole(self, pieces: list[bytes], modified: float | None) -> tuple[Spool, str]:
+        """Write a whole small file to a new spool and make it durable; return the spool
+        and its SHA-256. Blocking."""
         self.check_space(sum(map(len, pieces)))
         spool = Spool.create(self.paths.staging, self._reserve, self._max_upload)
         try:
             spool.write_all(pieces)
+            return spool, spool.finish(modified)
         except BaseException:
             spool.discard()
             raise
-        return self._finish_and_place(spool, None, folder, device_id, relparts, modified)
 
     async def resume_spool(self, path: Path) -> Spool:
         """Open a resumable upload's partial file to append to it."""
@@ -301,27 +297,45 @@ class Library:
 
         The spool is gone afterwards, whatever happened: placed, or deleted.
         """
-        found = await asyncio.to_thread(
-            self._finish_and_place, spool, sha256, folder, device_id, relparts, modified
-        )
-        return await self._stored(found)
+        if sha256 is None:
+            try:
+                sha256 = await asyncio.to_thread(spool.finish, modified)
+            except BaseException:
+                await asyncio.to_thread(spool.discard)
+                raise
+        return await self._file_in(spool, sha256, folder, device_id, relparts)
 
-    def _finish_and_place(
+    async def _file_in(
         self,
         spool: Spool,
-        sha256: str | None,
+        sha256: str,
         folder: str,
         device_id: str | None,
         relparts: tuple[str, ...],
-        modified: float | None,
+    ) -> Stored:
+        """Place a finished spool and index it, or answer the copy of its content already
+        here. One upload of a given content at a time, from the look for a copy to the
+        index: two copies arriving together (a folder holding one photo twice, pushed four
+        files at a time) are kept once."""
+        lock = self._content_locks.setdefault(sha256, asyncio.Lock())
+        async with lock:
+            found = await asyncio.to_thread(
+                self._place_unless_here, spool, sha256, folder, device_id, relparts
+            )
+            return await self._stored(found)
+
+    def _place_unless_here(
+        self,
+        spool: Spool,
+        sha256: str,
+        folder: str,
+        device_id: str | None,
+        relparts: tuple[str, ...],
     ) -> FileRecord | NewFile:
-        """Make a spool durable; return the copy of its content already in the library, or
-        place it and describe it for the index. The spool is gone afterwards. Blocking: the
-        one trip to a thread an upload takes at its end."""
+        """Return the copy of a finished spool's content already in the library, or place
+        the spool and describe it for the index. The spool is gone afterwards. Blocking."""
         placed = False
         try:
-            if sha256 is None:
-                sha256 = spool.finish(modified)
             for existing in self._store.files.by_sha256_here(sha256):
                 if self._still_there(existing):
                     return existing

@@ -207,6 +207,23 @@ async def test_same_content_is_stored_once(daemon: Daemon, phone: dict[str, Any]
     assert [i["name"] for i in items] == ["one.jpg"]
 
 
+async def test_copies_arriving_together_are_stored_once(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """Eight uploads of one content at once, under eight names (a folder holding a photo
+    several times, pushed files in parallel): one file, the other seven answered as its
+    duplicates (they once raced past the look for a copy, and all were stored)."""
+    photo = jpeg(color="teal")
+    answers = await asyncio.gather(
+        *(upload(daemon, phone["device_token"], (f"copy-{n}.jpg", photo)) for n in range(8))
+    )
+
+    files = [body["files"][0] for _, body in answers]
+    assert sum(v == photo for v in library_files(daemon).values()) == 1
+    assert len({f["id"] for f in files}) == 1
+    assert sorted(f["duplicate"] for f in files) == [False] + [True] * 7
+
+
 async def test_sync_manifest_says_what_the_pc_lacks(daemon: Daemon, phone: dict[str, Any]) -> None:
     """Files present by name and size, or by hash, are present; the rest are missing."""
     photo = jpeg(color="orange")
