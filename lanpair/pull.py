@@ -114,7 +114,8 @@ def _plan(
     fetches: list[_Fetch] = []
     already = 0
     listed = {str(item.get("id")) for item in items}  # names of items gone are free again
-    claimed = {v for k, v in placed.items() if isinstance(v, str) and k in listed}
+    # Case aside: on a case-insensitive disk (macOS, exFAT) IMG.JPG and img.jpg are one file.
+    claimed = {v.casefold() for k, v in placed.items() if isinstance(v, str) and k in listed}
     for item in items:
         file_id, size = item.get("id"), item.get("size")
         if not isinstance(file_id, int) or not isinstance(size, int) or size < 0:
@@ -128,7 +129,7 @@ def _plan(
             if relpath is None:
                 continue
             placed[key] = relpath
-            claimed.add(relpath)
+            claimed.add(relpath.casefold())
         target = dest / relpath
         if _size_of(target) == size:
             already += 1
@@ -147,7 +148,7 @@ def _free_name(dest: Path, item: dict[str, Any], size: int, claimed: set[str]) -
         return None
     for n in range(1000):
         relpath = f"{folder}/{name if n == 0 else numbered(name, n)}"
-        if relpath in claimed:
+        if relpath.casefold() in claimed:
             continue
         existing = _size_of(dest / relpath)
         if existing is None or existing == size:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lanpair.client import ApiClient, TusAnswer
-from lanpair.errors import BadRequest, RemoteError, Unreachable
+from lanpair.errors import BadRequest, LanpairError, RemoteError, Unreachable
 from lanpair.names import UnsafeName, safe_name
 from lanpair.transfer import (
     CHUNK_BYTES,
@@ -372,7 +372,7 @@ async def _patch(
             )
         finally:
             source.close()
-    except (Unreachable, OSError) as exc:  # e.g. a cut cable; OSError: reading the file
+    except (Unreachable, OSError) as exc:  # e.g. a cut cable
         raise _Retry(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from None
     except RemoteError as exc:
         if exc.status in RETRY_STATUSES:
@@ -385,9 +385,18 @@ async def _patch(
 
 
 def _open_at(path: Path, offset: int) -> BinaryIO:
-    source = path.open("rb")
+    try:
+        source = path.open("rb")
+    except OSError as exc:
+        raise _unreadable(exc) from None
     source.seek(offset)
     return source
+
+
+def _unreadable(exc: OSError) -> LanpairError:
+    """Return a local file's read error as that file's failure: not an OSError, which
+    would read as a broken connection and be retried until --timeout."""
+    return LanpairError(f"cannot be read here ({exc.strerror or exc}).")
 
 
 class _Counted:
@@ -399,7 +408,10 @@ class _Counted:
 
     def read(self, size: int = -1, /) -> bytes:
         """Return the next block."""
-        data = self._source.read(size)
+        try:
+            data = self._source.read(size)
+        except OSError as exc:
+            raise _unreadable(exc) from None
         if data:
             self._on_bytes(len(data))
         return data

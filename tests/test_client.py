@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 from client_support import digests, make_big, make_photos, wait_for_part
 
-from lanpair import certs, credentials, pinned
+from lanpair import certs, credentials, pinned, push
+from lanpair.client import ApiClient
 from lanpair.client_commands import parse_link
 from lanpair.errors import BadPairingLink
 
@@ -631,6 +632,63 @@ def test_push_sends_what_the_pc_would_refuse_or_cannot_name_under_a_name_it_keep
     assert summary(ok(from_inside))["failed"] == []
     assert (stored / "Trip" / "day1" / "caf\ufffd.txt").read_bytes() == b"not utf-8"
     assert (stored / "Trip" / "day1" / "a_b.txt").read_text() == "backslash"
+
+
+class DeletingMeter:
+    """Progress that goes nowhere, and deletes a file when the sending starts (after the
+    PC said what it lacks): a file gone, or unreadable, by its turn."""
+
+    def __init__(self, victim: Path) -> None:
+        self.victim = victim
+        self.notes: list[str] = []
+
+    def start(self, total_bytes: int, done_bytes: int, files: int) -> None:
+        """Delete the victim."""
+        self.victim.unlink()
+
+    def advance(self, n_bytes: int) -> None:
+        """Ignore progress."""
+
+    def note(self, text: str) -> None:
+        """Keep what would be shown."""
+        self.notes.append(text)
+
+
+async def test_a_file_gone_by_its_turn_fails_at_once_and_the_rest_go(
+    pc: PC, tmp_path: Path
+) -> None:
+    """A file that cannot be read when its turn comes is that file's failure, said as such;
+    it is not retried like a broken connection for --timeout (30 s here)."""
+    stored = paired_client(pc, tmp_path / "client", name="Vanishing")
+    photos = make_photos(tmp_path / "Send", 3, seed=40)
+    meter = DeletingMeter(photos[1])
+    async with ApiClient(pc.url, fingerprint=pc.fingerprint, token=stored["token"]) as api:
+        result = await push.push(
+            api, [tmp_path / "Send"], push.PushState(tmp_path / "state.json"), meter, stall_s=30
+        )
+
+    assert result.files == 2
+    assert [name for name, _ in result.failed] == [f"Send/{photos[1].name}"]
+    assert "cannot be read here (No such file or directory)" in result.failed[0][1]
+    assert len(meter.notes) == 1
+
+
+def test_pull_keeps_names_apart_that_differ_only_in_case(pc: PC, tmp_path: Path) -> None:
+    """IMG.JPG and img.jpg from one folder get names that differ in more than case: on a
+    case-insensitive disk (macOS, exFAT) they would be one file, written twice at once."""
+    client = tmp_path / "client"
+    folder = device_folder(paired_client(pc, client, name="Cases"))
+    upper, lower = make_photos(tmp_path / "a", 2, seed=41)
+    (tmp_path / "Send").mkdir()
+    upper.rename(tmp_path / "Send" / "IMG.JPG")
+    lower.rename(tmp_path / "Send" / "img.jpg")
+    ok(lanpair("push", str(tmp_path / "Send"), "--no-mdns", client_dir=client))
+
+    ok(lanpair("pull", str(tmp_path / "back"), "--no-mdns", client_dir=client))
+
+    names = sorted(p.name for p in (tmp_path / "back" / folder).iterdir())
+    assert len(names) == 2
+    assert len({name.casefold() for name in names}) == 2
 
 
 def test_status_and_push_say_when_the_pc_is_gone_or_the_pairing_revoked(tmp_path: Path) -> None:
