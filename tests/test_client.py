@@ -8,12 +8,14 @@ The same on a virtual LAN, with mDNS: ``test_lan_clients.py``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import stat
 import subprocess
@@ -671,6 +673,47 @@ async def test_a_file_gone_by_its_turn_fails_at_once_and_the_rest_go(
     assert [name for name, _ in result.failed] == [f"Send/{photos[1].name}"]
     assert "cannot be read here (No such file or directory)" in result.failed[0][1]
     assert len(meter.notes) == 1
+
+
+def gallery_ids(pc: PC, token: str, name: str) -> list[int]:
+    """Return the ids of the gallery items named like ``name``, as a device sees them."""
+
+    async def ids() -> list[int]:
+        async with ApiClient(pc.url, fingerprint=pc.fingerprint, token=token) as api:
+            page = await api.call("GET", f"/api/gallery?q={name}")
+            return [item["id"] for item in page["items"]]
+
+    return asyncio.run(ids())
+
+
+def test_pull_takes_a_file_that_got_a_new_id_on_the_pc_as_the_one_it_has(
+    pc: PC, tmp_path: Path
+) -> None:
+    """A pulled file copied elsewhere and deleted by hand on the PC comes back under a new
+    id: the copy here, of the same name and size, is taken as it (it once came again as
+    ``name (1)``)."""
+    client = tmp_path / "client"
+    stored = paired_client(pc, client, name="Mover")
+    folder = device_folder(stored)
+    photo = make_photos(tmp_path / "Send", 1, seed=42)[0]
+    ok(lanpair("push", str(tmp_path / "Send"), "--no-mdns", client_dir=client))
+    ok(lanpair("pull", str(tmp_path / "back"), "--no-mdns", client_dir=client))
+    before = gallery_ids(pc, stored["token"], photo.name)
+    library = pc.data_dir / "uploads" / folder
+    (library / "Moved").mkdir()
+    shutil.copy2(library / "Send" / photo.name, library / "Moved" / photo.name)
+    (library / "Send" / photo.name).unlink()
+    deadline = time.monotonic() + 20
+    while gallery_ids(pc, stored["token"], photo.name) in ([], before):
+        assert time.monotonic() < deadline, "the PC did not see the file move"
+        time.sleep(0.1)
+
+    again = summary(
+        ok(lanpair("pull", str(tmp_path / "back"), "--json", "--no-mdns", client_dir=client))
+    )
+
+    assert again["files"] == 0
+    assert sorted(p.name for p in (tmp_path / "back" / folder).iterdir()) == [photo.name]
 
 
 def test_pull_keeps_names_apart_that_differ_only_in_case(pc: PC, tmp_path: Path) -> None:
