@@ -157,6 +157,17 @@ def lanpair(
     )
 
 
+def lanpair_running(*args: str, client_dir: Path) -> subprocess.Popen[str]:
+    """Start one lanpair command as this machine's client; its output is piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lanpair", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(client_dir),
+    )
+
+
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     """Return a command's result after checking it succeeded."""
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -433,12 +444,8 @@ def test_a_push_cut_by_the_pc_going_down_finishes_after_it_comes_back(tmp_path: 
     pc = start_pc(data)
     try:
         paired_client(pc, client)
-        push = subprocess.Popen(
-            [sys.executable, "-m", "lanpair", "push", str(folder), "--no-mdns", "--timeout", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(client),
+        push = lanpair_running(
+            "push", str(folder), "--no-mdns", "--timeout", "2", client_dir=client
         )
         arrived = wait_for_part(pc.tus_folder, push, BIG_BYTES // 2)
         stop_pc(pc, signal.SIGKILL)
@@ -588,12 +595,8 @@ def test_a_pc_gone_mid_pull_stops_the_run(tmp_path: Path) -> None:
     with running_pc(tmp_path / "data") as pc:
         folder = device_folder(paired_client(pc, client))
         ok(lanpair("push", str(tmp_path / "Send"), "--no-mdns", client_dir=client))
-        puller = subprocess.Popen(
-            [sys.executable, "-m", "lanpair", "pull", str(back), "--no-mdns", "--timeout", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(client),
+        puller = lanpair_running(
+            "pull", str(back), "--no-mdns", "--timeout", "2", client_dir=client
         )
         deadline = time.monotonic() + 60
         while not list((back / folder).glob(".*.lanpair-part")) and time.monotonic() < deadline:
