@@ -330,21 +330,19 @@ class Pairing:
     async def authenticate(self, token: str, client_addr: str) -> Device:
         """Return the device a token belongs to. Raises NotPaired (and audits it)."""
         now = self._clock.now()
-        token_hash = hash_token(token)
-        cached = self._known.get(token_hash)
-        if cached is not None and now - cached[1] < KNOWN_FOR:
-            found: tuple[Device, bytes] | None = (cached[0], token_hash)
-        else:
-            generation = self._generation
-            found = (
-                await self._store.pairings.device_by_token(token_hash)
-                if TOKEN_RE.fullmatch(token)
-                else None
-            )
-            if found is not None and generation == self._generation:  # nothing changed meanwhile
-                if len(self._known) >= MAX_KNOWN:
-                    self._known.clear()
-                self._known[token_hash] = (found[0], now)
+        found: tuple[Device, bytes] | None = None
+        if TOKEN_RE.fullmatch(token):  # anything else is none of ours (nor always encodable)
+            token_hash = hash_token(token)
+            cached = self._known.get(token_hash)
+            if cached is not None and now - cached[1] < KNOWN_FOR:
+                found = (cached[0], token_hash)
+            else:
+                generation = self._generation
+                found = await self._store.pairings.device_by_token(token_hash)
+                if found is not None and generation == self._generation:  # nothing changed
+                    if len(self._known) >= MAX_KNOWN:
+                        self._known.clear()
+                    self._known[token_hash] = (found[0], now)
         if found is not None:
             device, stored = found
             if hmac.compare_digest(stored, hash_token(token)) and (

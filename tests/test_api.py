@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import socket
+import ssl
 from typing import Any
 
 import aiohttp
@@ -380,6 +383,35 @@ async def test_anonymous_callers_are_told_they_are_not_paired(lan_daemon: Daemon
             async with peer.get(path) as response:
                 assert response.status == 401
                 assert (await response.json())["error"] == "not_paired"
+
+
+def raw_get(daemon: Daemon, path: str, header: bytes) -> tuple[int, bytes]:
+    """Send a GET with one raw header line (any bytes); return the status and the body."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", daemon.port))) as tls:
+        tls.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+            + header
+            + b"\r\n\r\n"
+        )
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_tokens_that_are_not_text_are_refused_as_unknown(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cookie or Bearer token of bytes that are not UTF-8 is no token: 401, no traceback
+    (it once failed in the hashing, a 500 and a traceback in the log at each request)."""
+    for header in (b"Authorization: Bearer \xff\xfe\xfd", b"Cookie: lanpair_device=\xff\xfe"):
+        status, body = await asyncio.to_thread(raw_get, daemon, "/api/me", header)
+        assert (status, json.loads(body)["error"]) == (401, "not_paired")
+    assert "Traceback" not in caplog.text
 
 
 async def test_owner_me_and_info_hold_no_secrets(daemon: Daemon) -> None:
