@@ -105,6 +105,7 @@ class Library:
         self._thumb_tasks = thumb_tasks
         self._queue: asyncio.Queue[tuple[FileRecord, str | None]] = asyncio.Queue(THUMB_QUEUE)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._filing: set[asyncio.Task[Stored]] = set()  # uploads being placed and indexed
         self._folders: dict[str, str] = {}  # device id -> folder; a folder never changes
         self._file_locks: dict[int, asyncio.Lock] = {}
         self._watch = watch
@@ -316,13 +317,21 @@ class Library:
         """Place a finished spool and index it, or answer the copy of its content already
         here. One upload of a given content at a time, from the look for a copy to the
         index: two copies arriving together (a folder holding one photo twice, pushed four
-        files at a time) are kept once."""
+        files at a time) are kept once. Once begun, never cut short (a revoke cancels the
+        device's uploads): a file placed is a file indexed."""
         lock = self._content_locks.setdefault(sha256, asyncio.Lock())
-        async with lock:
-            found = await asyncio.to_thread(
-                self._place_unless_here, spool, sha256, folder, device_id, relparts
-            )
-            return await self._stored(found)
+
+        async def file_in() -> Stored:
+            async with lock:
+                found = await asyncio.to_thread(
+                    self._place_unless_here, spool, sha256, folder, device_id, relparts
+                )
+                return await self._stored(found)
+
+        task = asyncio.create_task(file_in(), name=f"file-in-{sha256[:8]}")
+        self._filing.add(task)  # held: a task is only weakly referenced by the loop
+        task.add_done_callback(self._filing.discard)
+        return await asyncio.shield(task)
 
     def _place_unless_here(
         self,

@@ -16,7 +16,9 @@ would put a month-long credential in a link; a fresh one travels only in Set-Coo
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -24,8 +26,10 @@ import logging
 import re
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from lanpair.clock import Clock, to_iso
 from lanpair.errors import (
@@ -203,6 +207,7 @@ class Pairing:
         self._limiter = limiter or AttemptLimiter(clock)
         self._auth_failures = AttemptLimiter(clock, limit=1, window_s=60)
         self._seen: dict[str, datetime] = {}
+        self._uploading: dict[str, set[asyncio.Task[Any]]] = {}  # device id -> its uploads
         # Token hash -> device, briefly: a gallery scroll needs no database read per request.
         # Every change to pairings goes through this class, which forgets them all.
         self._known: dict[bytes, tuple[Device, datetime]] = {}
@@ -385,10 +390,31 @@ class Pairing:
             raise NotFound("No paired device has that id.")
         self._seen.pop(device.device_id, None)
         self._hub.close(device.device_id)  # its open sockets end now, with 4401
+        uploads = self._uploading.pop(device.device_id, set())
+        for task in uploads:
+            task.cancel()  # and its uploads: nothing of theirs is kept
         self._hub.publish("device.revoked", {"device_id": device.device_id})
         self.presence.gone(device.device_id)
-        log.info("revoked %s (%r)", device.device_id, device.device_name)
+        stopped = f", stopping {len(uploads)} upload(s) under way" if uploads else ""
+        log.info("revoked %s (%r)%s", device.device_id, device.device_name, stopped)
         return revoked
+
+    @contextlib.contextmanager
+    def uploading(self, device: Device | None) -> Iterator[None]:
+        """Mark the running task as an upload of ``device``'s: revoking the device cancels
+        it (the owner's, ``None``, are never cancelled)."""
+        task = asyncio.current_task()
+        if device is None or task is None:
+            yield
+            return
+        tasks = self._uploading.setdefault(device.device_id, set())
+        tasks.add(task)
+        try:
+            yield
+        finally:
+            tasks.discard(task)
+            if not tasks and self._uploading.get(device.device_id) is tasks:
+                del self._uploading[device.device_id]
 
     async def devices(self) -> list[Device]:
         """Return every device ever paired, with its status as of now."""

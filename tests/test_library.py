@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import socket
+import ssl
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,14 @@ async def upload(
         device.post("/api/upload", data=form(*files, modified_ms=modified_ms)) as response,
     ):
         return response.status, await response.json()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll ``condition`` until it holds (failing after ``timeout_s``). Blocking."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def library_files(daemon: Daemon) -> dict[str, bytes]:
@@ -524,6 +536,53 @@ async def test_a_rename_onto_a_name_whose_file_was_deleted_by_hand(
         ("file.removed", b["id"]),
         ("file.moved", a["id"]),
     ]
+
+
+async def test_revoking_a_device_aborts_its_upload_in_flight(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """The owner revokes a device while its upload is half sent: the upload ends there,
+    and nothing of it is kept (the rest once arrived and was stored)."""
+    boundary = "lanpairtest"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="revoked.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
+    body = head + os.urandom(3 << 20) + f"\r\n--{boundary}--\r\n".encode()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def connect_and_send_half() -> ssl.SSLSocket:  # blocking: in a thread, the daemon is here
+        tls = context.wrap_socket(socket.create_connection(("127.0.0.1", daemon.port), 10))
+        tls.sendall(
+            "POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {phone['device_token']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
+        return tls
+
+    def send_the_rest(tls: ssl.SSLSocket) -> bytes:
+        with contextlib.suppress(OSError):
+            tls.sendall(body[len(body) // 2 :])
+        try:
+            return tls.recv(65536)
+        except OSError:
+            return b""
+
+    staging = daemon.library.paths.staging
+    with await asyncio.to_thread(connect_and_send_half) as sending:
+        await asyncio.to_thread(wait_until, lambda: any(staging.iterdir()))  # under way
+        async with daemon.session() as owner:
+            path = f"/api/pairing/revoke/{phone['device_id']}"
+            assert await status_of(owner, "POST", path, json={}) == 200
+        answer = await asyncio.to_thread(send_the_rest, sending)
+
+    assert not answer.startswith(b"HTTP/1.1 200")
+    assert not any(Path(k).name == "revoked.bin" for k in library_files(daemon))
+    assert list(staging.iterdir()) == []
 
 
 async def test_a_zip_of_chosen_files_streams_back(daemon: Daemon, phone: dict[str, Any]) -> None:

@@ -69,15 +69,16 @@ async def upload(request: web.Request) -> web.Response:
     results: list[dict[str, Any]] = []
     modified: float | None = None
     size: int | None = None
-    while (part := await reader.next()) is not None:
-        if part.filename is None:
-            if part.name == "modified":
-                modified = _modified(await part.text())
-            elif part.name == "size":
-                size = _size(await part.text())
-            continue
-        results.append(await _receive(library, request, part, part.filename, modified, size))
-        modified = size = None
+    with request.app[SERVICES_KEY].pairing.uploading(caller(request).device):
+        while (part := await reader.next()) is not None:
+            if part.filename is None:
+                if part.name == "modified":
+                    modified = _modified(await part.text())
+                elif part.name == "size":
+                    size = _size(await part.text())
+                continue
+            results.append(await _receive(library, request, part, part.filename, modified, size))
+            modified = size = None
     if not results:
         raise errors.BadRequest("The upload holds no files.")
     log.info("received from %s: %s", sender(request), _outcome(results))

@@ -228,7 +228,8 @@ async def append(request: web.Request) -> web.Response:
             raise errors.OffsetMismatch(f"The upload is at offset {spool.size}, not {offset}.")
         lock.sender = asyncio.current_task()
         try:
-            await _receive(request, spool, upload, checksum)
+            with request.app[SERVICES_KEY].pairing.uploading(caller(request).device):
+                await _receive(request, spool, upload, checksum)
         finally:
             lock.sender = None  # filing the finished file is never cut short
         upload.expires_at = to_iso(clock.now() + LIFETIME) or ""
