@@ -179,6 +179,57 @@ async def test_a_phone_sends_photos_from_the_explorer_and_the_pc_sees_them_live(
     assert errors == []
 
 
+async def test_the_viewer_on_a_phone_keeps_long_names_in_and_offers_what_it_cannot_show(
+    daemon: Daemon, browser: Any
+) -> None:
+    """On a 390 px phone: a long name is cut short, never widening the viewer past the
+    screen (its buttons went off it); a TIFF, which browsers cannot show, offers a download;
+    the arrow keys still work once a button reaching the end has gone."""
+    import io
+
+    from PIL import Image
+
+    tiff = io.BytesIO()
+    Image.new("RGB", (64, 48), "navy").save(tiff, "TIFF")
+    long_name = "WhatsApp Image 2024-03-15 at 14.22.33 from the family group chat.jpeg"
+    phone = await pair(daemon, "Phone", "viewer-phone")
+    for n, (name, content) in enumerate(
+        [
+            ("last.jpg", jpeg(color="red")),
+            ("scan.tif", tiff.getvalue()),
+            (long_name, jpeg(color="green")),
+        ]
+    ):
+        status, body = await upload(
+            daemon, phone["device_token"], (name, content), modified_ms=(n + 1) * 10**12
+        )
+        assert status == 200, body
+    errors: list[str] = []
+    context = await browser.new_context(
+        ignore_https_errors=True, viewport={"width": 390, "height": 844}
+    )
+    page = await context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(f"{daemon.url}/explorer")
+
+    await page.click(f".tile[title='{long_name}']")
+    await page.wait_for_selector("#viewer[open] img")
+    parts = ("viewer-media", "viewer-name", "viewer-next")
+    boxes = {part: await page.locator(f"#{part}").bounding_box() for part in parts}
+    assert all(b["x"] >= 0 and b["x"] + b["width"] <= 390 for b in boxes.values()), boxes
+    assert boxes["viewer-next"]["x"] > 195  # on the right, where it belongs
+    await page.click("#viewer-next")
+    await page.wait_for_selector(".viewer-file-note:text('cannot show this image')")
+    assert await page.get_attribute("#viewer-media a", "download") == "scan.tif"
+    await page.click("#viewer-next")  # the last item: Next goes, the focus stays inside
+    await page.wait_for_selector("#viewer-next:disabled", state="attached")
+    await page.keyboard.press("ArrowLeft")
+
+    assert await page.text_content("#viewer-name") == "scan.tif"
+    assert errors == []
+    await context.close()
+
+
 async def test_the_pairing_page_lists_a_new_device_live_and_shows_a_fresh_code(
     daemon: Daemon, browser: Any
 ) -> None:

@@ -130,12 +130,23 @@ async function loadPage({ fresh = false } = {}) {
 
 /* ---------- Viewer ---------- */
 
-function viewerMedia(item) {
-  if (item.type === 'image') return el('img', { attrs: { src: item.path, alt: item.name } });
-  if (item.type === 'video') return el('video', { attrs: { src: item.path, controls: true, playsinline: true, preload: 'metadata' } });
+function viewerFile(item, note) {
   return el('div', { class: 'viewer-file' },
     el('span', { class: 'viewer-file-name', text: item.name }),
+    note ? el('span', { class: 'viewer-file-note', text: note }) : null,
     el('a', { class: 'send', text: 'Download', attrs: { href: item.path, download: item.name } }));
+}
+
+function viewerMedia(item) {
+  let media;
+  if (item.type === 'image') media = el('img', { attrs: { src: item.path, alt: item.name } });
+  else if (item.type === 'video') media = el('video', { attrs: { src: item.path, controls: true, playsinline: true, preload: 'metadata' } });
+  else return viewerFile(item);
+  // A TIFF, a HEIC photo or a video this browser cannot show: say so, and offer the file.
+  media.addEventListener('error', () => {
+    media.replaceWith(viewerFile(item, `This browser cannot show this ${item.type}.`));
+  }, { once: true });
+  return media;
 }
 
 function viewerMeta(item) {
@@ -149,8 +160,15 @@ function showInViewer(item, { sameMedia = false } = {}) {
   // A poster or size that arrived later must not restart the video being watched.
   if (!sameMedia) $('viewer-media').replaceChildren(viewerMedia(item));
   const index = indexOf(item.id);
-  $('viewer-prev').disabled = index <= 0;
-  $('viewer-next').disabled = index < 0 || index >= gallery.items.length - 1;
+  const [prev, next, focused] = [$('viewer-prev'), $('viewer-next'), document.activeElement];
+  prev.disabled = index <= 0;
+  next.disabled = index < 0 || index >= gallery.items.length - 1;
+  // The button that reached the end is hidden now and would take the focus out of the
+  // dialog (and the arrow keys with it): hand it to the other one, or to Close.
+  if ((focused === prev || focused === next) && focused.disabled) {
+    const other = focused === prev ? next : prev;
+    (other.disabled ? $('viewer-close') : other).focus();
+  }
 }
 
 function openViewer(id) {
