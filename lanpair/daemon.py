@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import ipaddress
 import json
 import logging
@@ -16,6 +18,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 from lanpair import advertise, discovery, netif, tls
@@ -96,7 +99,50 @@ async def _serve(
     _raise_open_files_limit()
     _fewer_malloc_arenas()
     paths = Paths(settings.data_dir)
-    await asyncio.to_thread(paths.ensure)
+    await asyncio.to_thread(_usable, paths.ensure, "data folder", settings.data_dir)
+    with _only_daemon(paths):
+        await _serve_alone(settings, paths, on_ready, clock, stop)
+
+
+def _usable(ensure: Callable[[], None], what: str, folder: Path) -> None:
+    """Create a folder lanpair needs, or say in a sentence why it cannot. Blocking."""
+    try:
+        ensure()
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != folder else ""
+        why = "it is a file" if exc.errno == errno.EEXIST else f"{exc.strerror or exc}{where}"
+        raise ConfigError(f"Cannot use {folder} as the {what}: {why}.") from None
+
+
+@contextlib.contextmanager
+def _only_daemon(paths: Paths) -> Iterator[None]:
+    """Hold the data folder's lock for as long as this daemon runs; refuse to run beside
+    another daemon on the same data (two would overwrite each other's runtime file, and
+    the owner's commands would reach neither for sure)."""
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"Another lanpair daemon is already running on {paths.data_dir}; stop it first "
+                "(or give this one another --data-dir)."
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
+async def _serve_alone(
+    settings: Settings,
+    paths: Paths,
+    on_ready: Callable[[Ready], None] | None,
+    clock: Clock,
+    stop: asyncio.Event,
+) -> None:
+    await asyncio.to_thread(
+        _usable, LibraryPaths(settings.library).ensure, "library folder", settings.library
+    )
     addresses = netif.LocalAddressSet()
     await asyncio.to_thread(addresses.refresh)
     server_tls = await _set_up_tls(settings, paths, clock)

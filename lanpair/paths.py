@@ -50,6 +50,11 @@ class Paths:
         """Return the file a running daemon writes so local commands can reach it."""
         return self.data_dir / "daemon.json"
 
+    @property
+    def lock_file(self) -> Path:
+        """Return the file a running daemon holds locked: one daemon per data directory."""
+        return self.data_dir / "daemon.lock"
+
     def ensure(self) -> None:
         """Create the data directory (private to the user). Blocking."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -263,6 +263,61 @@ def test_port_in_use_is_reported_without_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in clash.stderr
 
 
+def test_a_second_daemon_on_the_same_data_is_refused_and_the_first_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """Two daemons on one data folder would overwrite each other's runtime file (and the
+    one stopped last would delete it under the other): the second exits 1 with a sentence,
+    and the owner's commands still reach the first."""
+    with serving(tmp_path / "data", tmp_path / "log") as running:
+        second = subprocess.run(
+            serve_command(tmp_path / "data"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
+            check=False,
+        )
+        still = subprocess.run(
+            [sys.executable, "-m", "lanpair", "devices", "--data-dir", str(tmp_path / "data")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
+            check=False,
+        )
+        assert running.process.poll() is None
+    assert second.returncode == 1
+    assert "Another lanpair daemon is already running on" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert still.returncode == 0, still.stderr
+
+
+@pytest.mark.parametrize("which", ["--data-dir", "--library"])
+def test_a_data_or_library_folder_that_is_a_file_is_said_in_a_sentence(
+    tmp_path: Path, which: str
+) -> None:
+    """A folder setting naming a file: exit 1, one sentence, no traceback."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    data = a_file if which == "--data-dir" else tmp_path / "data"
+    extra = ["--library", str(a_file)] if which == "--library" else []
+    refused = subprocess.run(
+        [*serve_command(data), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert f"Cannot use {a_file} as the" in refused.stderr
+    assert "it is a file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "never awaited" not in refused.stderr
+    assert a_file.read_text() == "mine"
+
+
 def test_no_tls_serves_http_and_says_so(tmp_path: Path) -> None:
     """--no-tls serves plain HTTP and warns in the log."""
     log = tmp_path / "log"
