@@ -420,6 +420,10 @@ class Pairing:
         """Return every device ever paired, with its status as of now."""
         return await self._store.pairings.devices()
 
+    def valid(self, device: Device) -> bool:
+        """Say whether a device's pairing still holds now (its expiry not passed)."""
+        return device.status_at(self._clock.now()) is DeviceStatus.CONFIRMED
+
     def status(self, device: Device) -> DeviceStatus:
         """Return a device's status as of now."""
         return device.status_at(self._clock.now())

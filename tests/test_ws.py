@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 import aiohttp
-from conftest import ONLINE_AFTER_REQUEST_S, Daemon
+from conftest import ONLINE_AFTER_REQUEST_S, PAIRING_TTL_S, Daemon
 from test_api import bearer, pair, status_of
 from test_library import jpeg, upload
 
@@ -66,6 +66,28 @@ async def test_revoking_a_device_closes_its_socket_and_no_other(daemon: Daemon) 
         event = await next_event(other_socket, "device.revoked")
         assert event["data"]["device_id"] == doomed["device_id"]
         assert not other_socket.closed
+
+
+async def test_an_expired_pairing_gets_no_more_events_and_its_socket_closes(
+    daemon: Daemon,
+) -> None:
+    """Once a pairing's lifetime has passed, its open socket is closed with 4401 instead of
+    being sent the next event (it once went on receiving every event, and showed online)."""
+    expiring = await pair(daemon, "Expiring", "expiring")
+    async with (
+        daemon.session(headers=bearer(expiring["device_token"])) as session,
+        session.ws_connect("/api/events") as socket,
+    ):
+        daemon.clock.advance(PAIRING_TTL_S + 1)
+        sender = await pair(daemon, "Sender", "sender-2")
+        status, _ = await upload(daemon, sender["device_token"], ("after.jpg", jpeg(color="gray")))
+        assert status == 200
+        message = await asyncio.wait_for(socket.receive(), 5)
+        while message.type is aiohttp.WSMsgType.TEXT:  # what came before the expiry passed
+            assert json.loads(message.data)["type"] != "file.added"
+            message = await asyncio.wait_for(socket.receive(), 5)
+        assert message.type is aiohttp.WSMsgType.CLOSE
+        assert socket.close_code == 4401
 
 
 async def test_reconnecting_with_since_replays_what_was_missed(daemon: Daemon) -> None:

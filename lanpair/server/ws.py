@@ -34,9 +34,15 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     await socket.prepare(request)
     request.app[SOCKETS_KEY].add(socket)
     subscription = hub.subscribe(key=who.device.device_id if who.device else None, since=since)
-    presence = request.app[SERVICES_KEY].pairing.presence
+    services = request.app[SERVICES_KEY]
+    presence = services.pairing.presence
+    expiry: asyncio.TimerHandle | None = None
     if who.device is not None:
         presence.connected(who.device.device_id, who.device.device_name)
+        if who.device.expires_at is not None:  # the pairing ends: so do its sockets, 4401
+            left_s = (who.device.expires_at - services.clock.now()).total_seconds()
+            loop = asyncio.get_running_loop()
+            expiry = loop.call_later(max(left_s, 0), hub.close, who.device.device_id)
     # The reader ends the subscription when the client goes: the sender needs no task,
     # and no wait on two things, per event (a broadcast wakes each socket once).
     reader = asyncio.create_task(_drain(socket, hub, subscription), name="events-reader")
@@ -52,8 +58,13 @@ async def events(request: web.Request) -> web.WebSocketResponse:
                     await socket.close(code=closed.code, message=b"closed by lanpair")
                 break
             for ready in (event, *subscription.ready()):
+                if who.device is not None and not services.pairing.valid(who.device):
+                    hub.close(who.device.device_id)  # expired: the next turn closes it
+                    break
                 await socket.send_str(ready.text)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         hub.unsubscribe(subscription)
         await _stop(reader)
         request.app[SOCKETS_KEY].discard(socket)
