@@ -203,3 +203,30 @@ async def test_a_resumable_upload_reports_progress_from_where_it_resumes(daemon:
         2000,
         "clip.bin",
     )
+
+
+async def test_a_refused_resumable_upload_is_not_said_to_be_saved(daemon: Daemon) -> None:
+    """A tus upload whose bytes do not match its sha256 is refused (460): the PC's page is
+    told ``failed``, never ``done`` (it once showed "Saved" for a file that never came)."""
+    phone = await pair(daemon, "Phone", "tus-refused")
+    headers = {**bearer(phone["device_token"]), "Tus-Resumable": "1.0.0"}
+    async with (
+        daemon.session() as owner,
+        owner.ws_connect("/api/events") as pc_socket,
+        daemon.session(headers=headers) as device,
+    ):
+        meta = (
+            f"filename {base64.b64encode(b'wrong.bin').decode()},sha256 "
+            + base64.b64encode(b"0" * 64).decode()
+        )
+        create = {"Upload-Length": "1000", "Upload-Metadata": meta}
+        async with device.post("/api/tus/", headers=create) as response:
+            location = response.headers["Location"]
+        patch = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+        async with device.patch(location, data=b"x" * 1000, headers=patch) as response:
+            assert response.status == 460
+        states = [(await next_event(pc_socket, "upload.progress"))["data"]["state"]]
+        while states[-1] == "sending":
+            states.append((await next_event(pc_socket, "upload.progress"))["data"]["state"])
+    assert states[-1] == "failed"
+    assert "done" not in states

@@ -229,14 +229,19 @@ async def append(request: web.Request) -> web.Response:
         lock.sender = asyncio.current_task()
         try:
             with request.app[SERVICES_KEY].pairing.uploading(caller(request).device):
-                await _receive(request, spool, upload, checksum)
+                progress = await _receive(request, spool, upload, checksum)
         finally:
             lock.sender = None  # filing the finished file is never cut short
         upload.expires_at = to_iso(clock.now() + LIFETIME) or ""
         await asyncio.to_thread(tus.save, upload)
         headers = {"Upload-Offset": str(spool.size), "Upload-Expires": _http_date(upload)}
         if spool.size == upload.length:
-            stored = await _complete(request, library, tus, upload, spool)
+            try:
+                stored = await _complete(request, library, tus, upload, spool)
+            except BaseException:
+                progress.end("failed")
+                raise
+            progress.end("done")
             record = stored.record
             log.info(
                 "received from %s: %s (%s, %s, resumable)%s",
@@ -303,7 +308,9 @@ async def purge_hourly(app: web.Application) -> AsyncIterator[None]:
 
 async def _receive(
     request: web.Request, spool: Spool, upload: Upload, checksum: tuple[str, bytes] | None
-) -> None:
+) -> UploadProgress:
+    """Append a PATCH's bytes; return its progress, for the caller to end once the upload
+    is filed (``done``) or refused (``failed``) if these were its last bytes."""
     start = spool.size
     room = upload.length - start
     if request.content_length is not None and request.content_length > room:
@@ -335,11 +342,15 @@ async def _receive(
         # The connection died mid-chunk: keep every byte that arrived, durably, for a resume.
         await asyncio.shield(asyncio.to_thread(spool.sync))
         raise
-    progress.end("done" if progress.bytes == upload.length else "sending")
     if checksum and digest is not None and digest.digest() != checksum[1]:
+        progress.bytes = start
+        progress.end("paused")  # the chunk is dropped: the client sends it again
         await asyncio.to_thread(spool.truncate, start)
         raise errors.ChecksumMismatch()
+    if progress.bytes < upload.length:
+        progress.end("sending")
     await asyncio.to_thread(spool.sync)
+    return progress
 
 
 async def _complete(
