@@ -230,6 +230,40 @@ async def test_the_viewer_on_a_phone_keeps_long_names_in_and_offers_what_it_cann
     await context.close()
 
 
+async def width_becomes(page: Any, selector: str, width: int, timeout_s: float = 15) -> None:
+    """Wait until the image at ``selector`` is loaded at ``width`` pixels (polled from here:
+    the pages' CSP forbids the eval that wait_for_function's string predicates need)."""
+    for _ in range(int(timeout_s / 0.05)):
+        found = await page.query_selector(selector)
+        if found is not None and await found.evaluate("img => img.naturalWidth") == width:
+            return
+        await page.wait_for_timeout(50)
+    raise AssertionError(f"{selector} never became {width} px wide")
+
+
+async def test_a_photo_edited_on_the_pc_shows_its_new_picture_without_a_reload(
+    daemon: Daemon, browser: Any
+) -> None:
+    """A photo changed in place by hand keeps its id and URLs: the open gallery still shows
+    the new picture (it once kept the old one until the page was reloaded)."""
+    from PIL import Image
+
+    folder = daemon.library.paths.root / "Camera"
+    folder.mkdir()
+    errors: list[str] = []
+    page, _ = await open_live(browser, f"{daemon.url}/explorer", errors)
+    Image.new("RGB", (64, 48), "red").save(folder / "edit.jpg", "JPEG")
+    tile = ".tile[title='edit.jpg'] img"
+    await width_becomes(page, tile, 64)
+
+    Image.new("RGB", (48, 64), "blue").save(folder / "edit.jpg", "JPEG")  # turned, in place
+
+    await width_becomes(page, tile, 48)
+    await page.click(".tile[title='edit.jpg']")
+    await width_becomes(page, "#viewer-media img", 48)
+    assert errors == []
+
+
 async def test_the_pairing_page_lists_a_new_device_live_and_shows_a_fresh_code(
     daemon: Daemon, browser: Any
 ) -> None:

@@ -1,4 +1,4 @@
-import { el, formatDate, formatSize, ownerOnly, presence, revokeButton, showError } from './api.js';
+import { current, edited, el, formatDate, formatSize, ownerOnly, presence, revokeButton, showError } from './api.js';
 import { connectEvents, liveDevices, showState } from './events.js';
 
 const $ = (id) => document.getElementById(id);
@@ -117,7 +117,7 @@ function failUploadsOf(deviceId) {
 
 function arrivalRow(item, time) {
   const thumb = el('img', {
-    attrs: { src: item.thumb || PLACEHOLDERS[item.type] || PLACEHOLDERS.file, alt: '', width: '56', height: '56', decoding: 'async' },
+    attrs: { src: current(item.thumb, item) || PLACEHOLDERS[item.type] || PLACEHOLDERS.file, alt: '', width: '56', height: '56', decoding: 'async' },
   });
   const meta = [deviceName(item), formatSize(item.size), formatDate(time)].filter(Boolean).join(' · ');
   return el('li', {},
@@ -168,7 +168,8 @@ function onEvent(type, data, event) {
   devices.apply(type, data);
   if (type === 'upload.progress') onProgress(data);
   else if (type === 'file.added') addArrival(data.item, event.time);
-  else if ((type === 'file.updated' || type === 'file.moved') && data.item) replaceArrival(data.id ?? data.item.id, data.item);
+  else if (type === 'file.updated' && data.item) replaceArrival(data.item.id, edited(data.item));
+  else if (type === 'file.moved' && data.item) replaceArrival(data.id ?? data.item.id, data.item);
   else if (type === 'file.removed') removeArrival(data.id);
   else if (type === 'device.revoked') failUploadsOf(data.device_id);
 }

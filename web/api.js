@@ -47,6 +47,19 @@ export function el(tag, { class: className, text, attrs = {} } = {}, ...children
   return node;
 }
 
+/**
+ * A file's URL as the page should load it. An item edited in place keeps its URLs; the
+ * event that says so gets a `rev`, which makes them new to the browser's image cache.
+ */
+export function current(url, item) {
+  return url && item.rev ? `${url}?v=${item.rev}` : url;
+}
+
+/** Mark an item as just edited (its thumbnail and original changed under the same URLs). */
+export function edited(item) {
+  return { ...item, rev: Date.now() };
+}
+
 export function formatDate(iso) {
   if (!iso) return '—';
   const date = new Date(iso);

@@ -1,4 +1,4 @@
-import { api, ApiError, el, formatDate, formatSize, showError, clearError } from './api.js';
+import { api, ApiError, clearError, current, edited, el, formatDate, formatSize, showError } from './api.js';
 import { connectEvents, showState } from './events.js';
 
 const $ = (id) => document.getElementById(id);
@@ -40,7 +40,7 @@ function formatDuration(seconds) {
 
 function tileContent(item) {
   if (!item.thumb) return el('span', { class: 'tile-file', text: item.name });
-  return el('img', { attrs: { src: item.thumb, alt: item.name, loading: 'lazy', decoding: 'async' } });
+  return el('img', { attrs: { src: current(item.thumb, item), alt: item.name, loading: 'lazy', decoding: 'async' } });
 }
 
 function videoBadge(item) {
@@ -80,10 +80,12 @@ function removeItem(id) {
   if (viewingId === key(id)) $('viewer').close();
 }
 
-function replaceItem(oldId, item, { sameMedia = false } = {}) {
-  if (key(oldId) !== key(item.id)) removeItem(item.id);
+function replaceItem(oldId, news, { sameMedia = false } = {}) {
+  if (key(oldId) !== key(news.id)) removeItem(news.id);
   const tile = gallery.tiles.get(key(oldId));
   if (!tile) return;
+  const before = gallery.items[indexOf(oldId)];
+  const item = before?.rev && !news.rev ? { ...news, rev: before.rev } : news; // still edited
   const fresh = renderTile(item);
   tile.replaceWith(fresh);
   gallery.tiles.delete(key(oldId));
@@ -139,8 +141,9 @@ function viewerFile(item, note) {
 
 function viewerMedia(item) {
   let media;
-  if (item.type === 'image') media = el('img', { attrs: { src: item.path, alt: item.name } });
-  else if (item.type === 'video') media = el('video', { attrs: { src: item.path, controls: true, playsinline: true, preload: 'metadata' } });
+  const src = current(item.path, item);
+  if (item.type === 'image') media = el('img', { attrs: { src, alt: item.name } });
+  else if (item.type === 'video') media = el('video', { attrs: { src, controls: true, playsinline: true, preload: 'metadata' } });
   else return viewerFile(item);
   // A TIFF, a HEIC photo or a video this browser cannot show: say so, and offer the file.
   media.addEventListener('error', () => {
@@ -285,7 +288,7 @@ function queueFiles(files) {
 
 function applyEvent(type, data) {
   if (type === 'file.added') addItem(data.item, { atTop: true });
-  else if (type === 'file.updated' && data.item) replaceItem(data.item.id, data.item, { sameMedia: true });
+  else if (type === 'file.updated' && data.item) replaceItem(data.item.id, edited(data.item), { sameMedia: true });
   else if (type === 'file.removed') removeItem(data.id);
   else if (type === 'file.moved' && data.item) replaceItem(data.id ?? data.item.id, data.item);
   else return;

@@ -205,7 +205,8 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         return response
     response = web.FileResponse(path)
     response.content_type = "image/webp"
-    response.headers[hdrs.CACHE_CONTROL] = "private, max-age=86400"
+    # Asked again each time (a 304 while unchanged): a file edited in place keeps its URL.
+    response.headers[hdrs.CACHE_CONTROL] = "private, no-cache"
     return response
 
 
