@@ -264,6 +264,33 @@ async def test_a_photo_edited_on_the_pc_shows_its_new_picture_without_a_reload(
     assert errors == []
 
 
+async def test_a_live_arrival_takes_its_place_by_date(daemon: Daemon, browser: Any) -> None:
+    """The gallery is newest taken first: a photo that arrives live with an old date goes
+    where a reload would show it, not to the top (it once went to the top whatever its date)."""
+    phone = await pair(daemon, "Phone", "order-phone")
+    year_ms = 365 * 24 * 3600 * 1000
+    for name, color, years in (("new.jpg", "red", 56), ("mid.jpg", "blue", 55)):
+        await upload(
+            daemon, phone["device_token"], (name, jpeg(color=color)), modified_ms=years * year_ms
+        )
+    errors: list[str] = []
+    page, _ = await open_live(browser, f"{daemon.url}/explorer", errors)
+    await page.wait_for_selector(".tile[title='mid.jpg']")
+
+    for name, color, years in (("old.jpg", "green", 50), ("between.jpg", "gray", 55.5)):
+        await upload(
+            daemon,
+            phone["device_token"],
+            (name, jpeg(color=color)),
+            modified_ms=int(years * year_ms),
+        )
+        await page.wait_for_selector(f".tile[title='{name}']")
+
+    order = await page.eval_on_selector_all(".tile", "tiles => tiles.map(t => t.title)")
+    assert order == ["new.jpg", "between.jpg", "mid.jpg", "old.jpg"]
+    assert errors == []
+
+
 async def test_the_pairing_page_lists_a_new_device_live_and_shows_a_fresh_code(
     daemon: Daemon, browser: Any
 ) -> None:

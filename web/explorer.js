@@ -58,17 +58,26 @@ function refreshEmpty() {
   $('gallery-empty').hidden = gallery.loading || gallery.items.length > 0;
 }
 
-function addItem(item, { atTop = false } = {}) {
+/** Say whether ``a`` comes before ``b`` in the gallery: newest taken first, then by id. */
+function comesBefore(a, b) {
+  if (a.taken_at !== b.taken_at) return (a.taken_at ?? '') > (b.taken_at ?? '');
+  return Number(a.id) > Number(b.id);
+}
+
+function addItem(item, { live = false } = {}) {
   if (!item || gallery.tiles.has(key(item.id))) return;
+  let index = gallery.items.length; // a page's items come in order
+  if (live) { // a new file goes where its date puts it, as a reload would show it
+    index = gallery.items.findIndex((other) => comesBefore(item, other));
+    if (index < 0 && gallery.cursor) return; // older than all shown: it comes with "Load more"
+    if (index < 0) index = gallery.items.length;
+  }
   const tile = renderTile(item);
   gallery.tiles.set(key(item.id), tile);
-  if (atTop) {
-    gallery.items.unshift(item);
-    $('grid').prepend(tile);
-  } else {
-    gallery.items.push(item);
-    $('grid').append(tile);
-  }
+  const next = gallery.items[index];
+  gallery.items.splice(index, 0, item);
+  if (next) gallery.tiles.get(key(next.id)).before(tile);
+  else $('grid').append(tile);
 }
 
 function removeItem(id) {
@@ -230,7 +239,7 @@ function finishUpload(job, result) {
   job.progress.value = result.ok ? 1 : job.progress.value;
   if (result.ok) uploads.sent += 1;
   else uploads.failed += 1;
-  if (result.item) addItem(result.item, { atTop: true });
+  if (result.item) addItem(result.item, { live: true });
   refreshEmpty();
   updateTotal();
   uploads.active -= 1;
@@ -287,7 +296,7 @@ function queueFiles(files) {
 /* ---------- Live events ---------- */
 
 function applyEvent(type, data) {
-  if (type === 'file.added') addItem(data.item, { atTop: true });
+  if (type === 'file.added') addItem(data.item, { live: true });
   else if (type === 'file.updated' && data.item) replaceItem(data.item.id, edited(data.item), { sameMedia: true });
   else if (type === 'file.removed') removeItem(data.id);
   else if (type === 'file.moved' && data.item) replaceItem(data.id ?? data.item.id, data.item);
