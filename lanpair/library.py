@@ -581,9 +581,9 @@ class Library:
         files: list[str] = []
         for change in changes:
             paths = [p for p in (change.relpath, change.dest) if p is not None]
-            if odd := [p for p in paths if not tree.is_text(p)]:
-                self._tell_odd(odd)
-                for path in set(paths) - set(odd):  # it came or went under the other name
+            if unshown := [p for p in paths if not tree.shows(p)]:  # hidden, or not text
+                self._tell_odd([p for p in unshown if not tree.is_text(p)])
+                for path in set(paths) - set(unshown):  # it came or went under the other name
                     if change.folder:
                         await self.scan(path, announce=True)
                     else:

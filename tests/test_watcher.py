@@ -310,6 +310,26 @@ async def test_the_start_scan_names_files_left_in_the_root(
     assert list(await daemon.store.files.stats(FOLDER)) == [f"{FOLDER}/shown.jpg"]
 
 
+async def test_hidden_files_and_folders_are_not_shown_until_renamed_into_view(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    """.DS_Store, a hidden folder and a copier's hidden temp file are not gallery items (they
+    once were, a temp file announced before its rename); renamed to a plain name, it shows."""
+    daemon, folder, subscription = watched
+    (folder / ".DS_Store").write_bytes(b"finder")
+    (folder / ".thumbnails").mkdir()
+    (folder / ".thumbnails" / "x.jpg").write_bytes(jpeg(70))
+    (folder / ".photo.jpg.Xy12").write_bytes(jpeg(71))
+    assert await collect(subscription) == []
+
+    (folder / ".photo.jpg.Xy12").rename(folder / "photo.jpg")
+    shown = await wait_for(subscription, 1)
+    await daemon.library.scan()
+
+    assert [(e.type, e.data["item"]["name"]) for e in shown] == [("file.added", "photo.jpg")]
+    assert list(await daemon.store.files.stats(FOLDER)) == [f"{FOLDER}/photo.jpg"]
+
+
 def odd_name(folder: Path, name: bytes) -> Path:
     """Return ``folder/name`` for a name that is not UTF-8 (as an old camera card has)."""
     return Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
