@@ -42,6 +42,7 @@ ADDRESS_CHECK_S = 5.0
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
 EVENT_ID_BLOCK = 10_000_000  # event ids one run may use before they could repeat
 CERT_CHECK_S = 6 * 3600.0
+CERT_RETRY_S = 10 * 60  # after a failed renewal
 SHUTDOWN_TIMEOUT_S = 3.0
 THUMB_TIMEOUT_S = 60.0
 
@@ -356,10 +357,20 @@ async def _watch_network(
             if time.monotonic() - cert_checked > CERT_CHECK_S:
                 cert_stale = True
             if server_tls is not None and cert_stale:
-                info = await _ensure_cert(site.hostname, paths, clock)
-                if info != server_tls.info:
-                    await asyncio.to_thread(server_tls.use, info)
                 cert_checked, cert_stale = time.monotonic(), False
+                try:
+                    info = await _ensure_cert(site.hostname, paths, clock)
+                except CertificateError as exc:  # the one in use still serves: try later
+                    log.warning(
+                        "could not renew the TLS certificate (%s); serving the current one, "
+                        "trying again in %d minutes",
+                        exc.message,
+                        CERT_RETRY_S // 60,
+                    )
+                    cert_checked -= CERT_CHECK_S - CERT_RETRY_S
+                else:
+                    if info != server_tls.info:
+                        await asyncio.to_thread(server_tls.use, info)
             if moved:  # after the certificate: whoever follows the news finds it covered
                 await announcer.update()
                 moved = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -418,3 +419,55 @@ def test_uploads_get_thumbnails_from_the_worker_processes(tmp_path: Path) -> Non
     assert content_type == "image/webp"
     assert size == (400, 300)
     assert "no thumbnail" not in (tmp_path / "log").read_text()
+
+
+async def test_a_certificate_that_cannot_be_renewed_is_retried_later_not_every_5_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The network moved but the certificate cannot be re-issued (here: its file is a
+    folder): one warning, the current certificate keeps serving, and the next try waits
+    (it once retried every 5 s, a traceback and a helper process each time, forever)."""
+    import asyncio
+    import types
+
+    from lanpair import daemon
+    from lanpair.clock import SystemClock
+    from lanpair.models import Site
+    from lanpair.paths import Paths
+
+    monkeypatch.setattr(daemon, "ADDRESS_CHECK_S", 0.01)
+    paths = Paths(tmp_path / "data")
+    paths.ensure()
+    paths.tls_cert.mkdir()  # nothing can be written there
+    moves = iter([True])
+
+    class Addresses:
+        def refresh(self) -> bool:
+            return next(moves, False)
+
+    class Announcer:
+        async def update(self) -> None:
+            return None
+
+    settings = types.SimpleNamespace(hostname="testhost", advertise_ip="127.0.0.1")
+    site = Site("PC", "pc_x", "testhost", 1, "https", "127.0.0.1", "fp")
+    watching = asyncio.create_task(
+        daemon._watch_network(
+            settings,
+            paths,
+            site,
+            Addresses(),
+            object(),
+            SystemClock(),
+            Announcer(),  # type: ignore[arg-type]
+        )
+    )
+    await asyncio.sleep(3)
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+
+    warnings = [r for r in caplog.records if "could not renew the TLS certificate" in r.message]
+    assert len(warnings) == 1
+    assert "trying again in 10 minutes" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]
