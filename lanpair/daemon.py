@@ -284,9 +284,19 @@ def _bind(settings: Settings) -> list[socket.socket]:
                 ]
             return [socket.create_server(("0.0.0.0", settings.port), backlog=1024)]
         port = settings.port
+        # "::" alone means every address, IPv4 too, as lanpair advertises IPv4 ones (and as
+        # with no --host); beside "0.0.0.0" it is only IPv6, which that one leaves free.
+        both = "0.0.0.0" not in settings.host and socket.has_dualstack_ipv6()
         for host in settings.host:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sockets.append(socket.create_server((host, port), family=family, backlog=1024))
+            sockets.append(
+                socket.create_server(
+                    (host, port),
+                    family=family,
+                    dualstack_ipv6=both and host == "::",
+                    backlog=1024,
+                )
+            )
             port = sockets[-1].getsockname()[1]
         return sockets
     except OSError as exc:

@@ -471,3 +471,27 @@ async def test_a_certificate_that_cannot_be_renewed_is_retried_later_not_every_5
     assert len(warnings) == 1
     assert "trying again in 10 minutes" in warnings[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(("hosts", "v4_too"), [(["::"], True), (["0.0.0.0", "::"], False)])
+def test_listening_on_every_ipv6_address_takes_ipv4_too(hosts: list[str], v4_too: bool) -> None:
+    """--host :: (alone) also answers on IPv4, the addresses lanpair puts in its QR code and
+    daemon.json (it once listened on IPv6 only: the QR pointed where nobody listened);
+    beside 0.0.0.0 it stays IPv6 only, leaving IPv4 to that one."""
+    import socket
+    import types
+
+    from lanpair import daemon
+
+    settings = types.SimpleNamespace(host=hosts, port=0)
+    sockets = daemon._bind(settings)  # type: ignore[arg-type]
+    try:
+        six = next(s for s in sockets if s.family == socket.AF_INET6)
+        assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == (0 if v4_too else 1)
+        if v4_too:
+            port = six.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+    finally:
+        for sock in sockets:
+            sock.close()
