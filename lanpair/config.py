@@ -66,7 +66,11 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
-        "host", "list", (), "addresses to listen on, comma-separated", "every IPv4 and IPv6 address"
+        "host",
+        "list",
+        (),
+        "addresses to listen on, comma-separated (`::` alone takes IPv4 too)",
+        "every IPv4 and IPv6 address",
     ),
     Setting("port", "int", 5000, "TCP port to listen on (0 picks a free one)"),
     Setting(
