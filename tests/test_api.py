@@ -414,6 +414,28 @@ async def test_tokens_that_are_not_text_are_refused_as_unknown(
     assert "Traceback" not in caplog.text
 
 
+async def test_a_token_link_keeps_the_pairing_only_when_the_device_opens_it(
+    lan_daemon: Daemon,
+) -> None:
+    """/explorer/<token> puts the pairing in a cookie for the phone that opens it; not when
+    another site sent the browser there, nor on the PC itself (a guest's link once made the
+    owner's browser that guest: login CSRF)."""
+    device = await pair(lan_daemon, "Guest", "guest")
+    link = f"/explorer/{device['device_token']}"
+
+    async def cookie_set(source: str | None, fetch_site: str) -> bool:
+        async with (
+            lan_daemon.session(source=source) as browser,
+            browser.get(link, headers={"Sec-Fetch-Site": fetch_site}, allow_redirects=False) as r,
+        ):
+            assert (r.status, r.headers["Location"]) == (302, "/explorer")
+            return "lanpair_device" in r.cookies
+
+    assert await cookie_set("127.0.0.2", "none")  # the phone, from its bookmark
+    assert not await cookie_set("127.0.0.2", "cross-site")
+    assert not await cookie_set(None, "none")  # the PC's own browser
+
+
 async def test_owner_me_and_info_hold_no_secrets(daemon: Daemon) -> None:
     """/api/me says owner; /api/info describes the daemon without any token."""
     async with daemon.session() as owner:

@@ -49,10 +49,16 @@ async def explorer(request: web.Request) -> web.StreamResponse:
 @routes.get("/explorer/{token}")
 @access(Access.DEVICE)
 async def explorer_link(request: web.Request) -> web.StreamResponse:
-    """The seed's link with the token in it: keep the pairing in a cookie, drop the token."""
+    """The seed's link with the token in it: keep the pairing in a cookie, drop the token.
+
+    Not when another site sent the browser here, nor on the PC itself: a paired guest's
+    link would otherwise make the owner's browser that guest (login CSRF), its uploads
+    landing in the guest's folder and the owner's pages refused.
+    """
     who = caller(request)
     response = web.HTTPFound("/explorer")
-    if who.device is not None:
+    sent_by_another_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
+    if who.device is not None and not sent_by_another_site and not is_owner_request(request):
         left = who.device.expires_at - request.app[SERVICES_KEY].clock.now()
         set_device_cookie(response, request, request.match_info["token"], left.total_seconds())
     raise response
