@@ -274,9 +274,9 @@ def _parse_bool(setting: Setting, raw: Any, where: str) -> bool:
     text = str(raw).strip().lower()
     if text in {"1", "true", "yes", "on"}:
         return True
-    if text in {"0", "false", "no", "off", ""}:
+    if text in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(raw)
+    raise ValueError(raw)  # blank too: LANPAIR_TLS= must not turn TLS off without a word
 
 
 @_parser("duration")
@@ -290,7 +290,7 @@ def _parse_duration(setting: Setting, raw: Any, where: str) -> float:
         if not match:
             raise ValueError(raw)
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
-    if not 0 < seconds <= MAX_DURATION_S:
+    if not 1 <= seconds <= MAX_DURATION_S:
         raise ConfigError(
             f"{where}: {raw!r} is not a duration between 1s and 10 years, like 15m or 30d."
         )

@@ -145,7 +145,7 @@ def test_toml_duration_may_be_a_number(tmp_path: Path) -> None:
     assert config.load(environ={}, config_path=path).pairing_ttl_s == 3600
 
 
-@pytest.mark.parametrize("raw", ["-1", "soon", "0", "0s", "15 minutes", "", "5w"])
+@pytest.mark.parametrize("raw", ["-1", "soon", "0", "0s", "15 minutes", "", "5w", "0.0001s"])
 def test_bad_duration_names_the_variable(no_file: Path, raw: str) -> None:
     """A duration that is not positive or not understood is a ConfigError naming the key."""
     with pytest.raises(ConfigError, match="LANPAIR_PENDING_TTL"):
@@ -202,19 +202,20 @@ def test_negative_duration_in_toml_names_the_key(tmp_path: Path) -> None:
         ("false", False),
         ("No", False),
         ("off", False),
-        ("", False),
     ],
 )
 def test_bool_environment_values(no_file: Path, raw: str, expected: bool) -> None:
-    """Boolean variables take 1/true/yes/on and 0/false/no/off/empty, any case."""
+    """Boolean variables take 1/true/yes/on and 0/false/no/off, any case."""
     settings = config.load(environ={"LANPAIR_TLS": raw}, config_path=no_file)
     assert settings.tls is expected
 
 
-def test_bad_bool_environment_value_names_the_variable(no_file: Path) -> None:
-    """A boolean variable that is neither on nor off is a ConfigError naming it."""
+@pytest.mark.parametrize("raw", ["maybe", "", "  "])
+def test_bad_bool_environment_value_names_the_variable(no_file: Path, raw: str) -> None:
+    """A boolean variable that is neither on nor off is a ConfigError naming it; a blank one
+    too (LANPAIR_TLS= once turned TLS off without a word)."""
     with pytest.raises(ConfigError, match="LANPAIR_MDNS"):
-        config.load(environ={"LANPAIR_MDNS": "maybe"}, config_path=no_file)
+        config.load(environ={"LANPAIR_MDNS": raw}, config_path=no_file)
 
 
 def test_bool_flag_from_command_line(no_file: Path) -> None:
