@@ -4,9 +4,10 @@ One JSON file, ``pairings.json`` in the user's config dir (``~/.config/lanpair``
 0600 because it holds device tokens, always replaced whole (temp file, fsync, rename) so a
 crash never leaves half of it. Every change re-reads it with ``pairings.lock`` held (an
 ``flock``), so two commands at once (a pull updating its last sync while a pairing is
-stored) never lose each other's change. Push and pull keep their resume state in the user's state
-dir (``~/.local/state/lanpair``). ``LANPAIR_CLIENT_DIR`` (or ``--client-dir``) puts both in
-one folder instead: tests do, and so can a user with several identities.
+stored) never lose each other's change. Push and pull keep their resume state in the
+user's state dir (``~/.local/state/lanpair``). ``LANPAIR_CLIENT_DIR`` (or
+``--client-dir``) puts both in one folder instead: tests do, and so can a user with
+several identities.
 """
 
 from __future__ import annotations
