@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, StartDaemon
+from conftest import PAIRING_TTL_S, Daemon, StartDaemon
 from support import skip_or_fail
 from test_api import bearer, confirm, pair, status_of
 from test_library import jpeg, upload
@@ -289,6 +290,53 @@ async def test_a_live_arrival_takes_its_place_by_date(daemon: Daemon, browser: A
     order = await page.eval_on_selector_all(".tile", "tiles => tiles.map(t => t.title)")
     assert order == ["new.jpg", "between.jpg", "mid.jpg", "old.jpg"]
     assert errors == []
+
+
+async def test_next_in_the_viewer_goes_on_into_the_next_page(daemon: Daemon, browser: Any) -> None:
+    """At the last item loaded, with more in the gallery, Next loads the next page and shows
+    what follows (it was disabled there, as if the gallery ended)."""
+    phone = await pair(daemon, "Phone", "pages-phone")
+    files = [(f"note-{n:02}.txt", f"note {n}".encode()) for n in range(61)]
+    await upload(daemon, phone["device_token"], *files)
+    errors: list[str] = []
+    page, _ = await open_live(browser, f"{daemon.url}/explorer", errors)
+    await page.wait_for_selector("#more:not([hidden])")
+    titles = await page.eval_on_selector_all(".tile", "tiles => tiles.map(t => t.title)")
+    assert len(titles) == 60
+
+    await page.click(f".tile[title='{titles[-1]}']")
+    await page.click("#viewer-next")
+    await page.wait_for_selector(".tile >> nth=60", state="attached")
+
+    shown = await page.text_content("#viewer-name")
+    assert shown not in titles
+    assert shown in {name for name, _ in files}
+    assert errors == []
+
+
+async def test_uploads_waiting_in_line_stop_once_the_pairing_has_ended(
+    daemon: Daemon, browser: Any, tmp_path: Path
+) -> None:
+    """Five photos chosen after the pairing ended: the first answers say so, the page turns
+    to 'not paired', and the photos still waiting are not sent (they went on, one 401 each)."""
+    device = await pair(daemon, "Phone", "ended-phone")
+    errors: list[str] = []
+    phone, _ = await open_live(
+        browser, f"{daemon.url}/explorer", errors, token=device["device_token"]
+    )
+    daemon.clock.advance(PAIRING_TTL_S + 1)
+    photos = []
+    for n in range(5):
+        path = tmp_path / f"late-{n}.jpg"
+        path.write_bytes(jpeg(color=("red", "green", "blue", "gray", "navy")[n]))
+        photos.append(str(path))
+
+    await phone.set_input_files("#files", photos)
+    await phone.wait_for_selector("#not-paired:not([hidden])")
+
+    states = await phone.eval_on_selector_all(".upload-state", "s => s.map(e => e.textContent)")
+    assert states.count("Not sent: this device is no longer paired.") == 2
+    assert not any(state.startswith(("Sent", "Waiting", "Sending")) for state in states)
 
 
 async def test_the_pairing_page_lists_a_new_device_live_and_shows_a_fresh_code(

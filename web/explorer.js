@@ -174,7 +174,7 @@ function showInViewer(item, { sameMedia = false } = {}) {
   const index = indexOf(item.id);
   const [prev, next, focused] = [$('viewer-prev'), $('viewer-next'), document.activeElement];
   prev.disabled = index <= 0;
-  next.disabled = index < 0 || index >= gallery.items.length - 1;
+  next.disabled = index < 0 || (index >= gallery.items.length - 1 && !gallery.cursor);
   // The button that reached the end is hidden now and would take the focus out of the
   // dialog (and the arrow keys with it): hand it to the other one, or to Close.
   if ((focused === prev || focused === next) && focused.disabled) {
@@ -190,8 +190,13 @@ function openViewer(id) {
   if (!$('viewer').open) $('viewer').showModal();
 }
 
-function step(offset) {
-  const index = indexOf(viewingId);
+async function step(offset) {
+  let index = indexOf(viewingId);
+  if (index < 0) return;
+  if (index + offset >= gallery.items.length && gallery.cursor && !gallery.loading) {
+    await loadPage(); // past the last item shown: the next page holds the next one
+    index = indexOf(viewingId);
+  }
   const next = gallery.items[index + offset];
   if (index >= 0 && next) showInViewer(next);
 }
@@ -255,7 +260,12 @@ function startUpload(job) {
     if (event.lengthComputable) job.progress.value = event.loaded / event.total;
   });
   xhr.upload.addEventListener('load', () => { job.state.textContent = 'Saving…'; });
-  xhr.addEventListener('load', () => finishUpload(job, outcome(xhr.status, xhr.response)));
+  xhr.addEventListener('load', () => {
+    const ended = xhr.status === 401; // the pairing ended (revoked, expired): send no more
+    if (ended) endUploads('Not sent: this device is no longer paired.');
+    finishUpload(job, outcome(xhr.status, xhr.response));
+    if (ended) notPaired();
+  });
   xhr.addEventListener('error', () => finishUpload(job, outcome(0, null)));
   xhr.addEventListener('abort', () => finishUpload(job, { ok: false, message: 'Cancelled.' }));
   const form = new FormData();
@@ -271,6 +281,15 @@ function pumpUploads() {
     uploads.active += 1;
     startUpload(uploads.queue.shift());
   }
+}
+
+function endUploads(message) {
+  for (const job of uploads.queue.splice(0)) {
+    job.state.textContent = message;
+    job.row.classList.add('failed');
+    uploads.failed += 1;
+  }
+  updateTotal();
 }
 
 function isUploading() {
