@@ -22,7 +22,8 @@
      ├── NotFound                     no such thing
      ├── WorkerError                  a background worker could not finish a job
      │    ├── WorkerTimeout           it took too long and was stopped
-     │    └── WorkerCrashed           it crashed
+     │    ├── WorkerCrashed           it crashed
+     │    └── WorkerPoolStopped       the pool stopped first (the daemon is stopping)
      └── PairingError                 a pairing code cannot be used
           ├── UnknownCode             the code was never issued
           │    └── UnknownHandoff     a hand-off link's token was never issued
@@ -266,3 +267,10 @@ class WorkerCrashed(WorkerError):
     """A background worker crashed on a job."""
 
     code = "worker_crashed"
+
+
+class WorkerPoolStopped(WorkerError):
+    """The worker pool stopped (the daemon is stopping) before a job could finish."""
+
+    code = "worker_pool_stopped"
+

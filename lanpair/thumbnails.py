@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lanpair import media, tree
+from lanpair.errors import WorkerPoolStopped
 from lanpair.models import FileRecord, Kind, ThumbState
 from lanpair.store import Store
 
@@ -29,7 +30,9 @@ class Thumbnails:
         self._root = root
         self.dir = thumbs_dir
         self._run = run_job
-        self._drawing: dict[int, asyncio.Future[Path | None]] = {}
+        # One draw per version of a file (id, size, mtime): an edit's draw never joins the
+        # draw of the picture it replaced.
+        self._drawing: dict[tuple[int, int, int], asyncio.Future[Path | None]] = {}
 
     def forget(self, record: FileRecord) -> None:
         """Delete a file's cached thumbnail. Blocking."""
@@ -53,24 +56,35 @@ class Thumbnails:
         path = self.path_for(record)
         if await asyncio.to_thread(path.is_file):  # ids are never reused: a file is this one's
             return path
-        if record.id not in self._drawing:
-            self._drawing[record.id] = asyncio.ensure_future(self._draw(record, path))
-            self._drawing[record.id].add_done_callback(lambda _f: self._drawing.pop(record.id))
-        return await asyncio.shield(self._drawing[record.id])
+        key = (record.id, record.size, record.mtime_ns)
+        if key not in self._drawing:
+            self._drawing[key] = asyncio.ensure_future(self._draw(record, path))
+            self._drawing[key].add_done_callback(lambda _f: self._drawing.pop(key))
+        return await asyncio.shield(self._drawing[key])
 
     async def _draw(self, record: FileRecord, path: Path) -> Path | None:
         source = self._root / record.relpath
-        await asyncio.to_thread(path.parent.mkdir, exist_ok=True)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         there = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
         if record.relpath not in there:  # gone, or swapped for a symlink since it was indexed
             log.info("no thumbnail for %s: it is no longer a file of the library", record.relpath)
             return None
+        if there[record.relpath] != (record.size, record.mtime_ns):
+            return None  # edited since this record: the edit's own draw follows
         try:
             draw = media.video_poster if record.kind is Kind.VIDEO else media.make_thumbnail
             drawn = await self._run(functools.partial(draw, px=THUMB_PX), source, path)
+        except WorkerPoolStopped:  # the daemon is stopping: drawn at the next start
+            return None
         except Exception as exc:  # a hostile file must cost one log line, nothing more
             log.warning("no thumbnail for %s: %s", record.relpath, exc)
             drawn = None
+        after = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
+        if after.get(record.relpath) != (record.size, record.mtime_ns):
+            # Edited while it was drawn: this picture is of the old file. Dropped; the edit's
+            # own draw (or the next request) draws the new one.
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            return None
         state = ThumbState.READY if drawn else ThumbState.FAILED
         await self._store.files.set_thumb(record.id, state)
         if record.kind is Kind.VIDEO and record.duration_s is None:

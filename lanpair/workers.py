@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
-from lanpair.errors import WorkerCrashed, WorkerError, WorkerTimeout
+from lanpair.errors import WorkerCrashed, WorkerError, WorkerPoolStopped, WorkerTimeout
 from lanpair.paths import python_module
 from lanpair.tasks import spawn
 from lanpair.worker_process import HEADER, ReplyUnpickler, describe, read_frame
@@ -169,7 +169,7 @@ class WorkerPool:
             worker = await self._idle.get()
             if worker is None or self._closing.is_set():
                 self._idle.put_nowait(worker)
-                raise WorkerError("The worker pool has stopped.")
+                raise WorkerPoolStopped("The worker pool has stopped.")
             if worker.process.poll() is None:
                 return worker
             await asyncio.shield(self._replace_soon(worker, "an idle worker died"))
@@ -190,7 +190,7 @@ class WorkerPool:
     def _replace_soon(self, old: _Worker, reason: str | None) -> asyncio.Task[None]:
         """Reap ``old`` and start a worker in its place, in a named background task."""
         if self._closing.is_set():
-            raise WorkerError("The worker pool has stopped.")
+            raise WorkerPoolStopped("The worker pool has stopped.")
         self._workers.discard(old)
         return spawn(
             self._replace(old, reason), f"{self.name}-replace-{old.pid}", keep_in=self._tasks
@@ -227,7 +227,7 @@ class WorkerPool:
         """Start one worker process, hand it this process's import path, wait for its hello.
         Blocking."""
         if self._lifeline is None:
-            raise WorkerError("The worker pool has stopped.")
+            raise WorkerPoolStopped("The worker pool has stopped.")
         ours, theirs = socket.socketpair()
         fds = (theirs.fileno(), self._lifeline[0])
         command, env = python_module("lanpair.worker_process", *map(str, fds), name)

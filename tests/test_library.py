@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -23,7 +24,9 @@ from PIL import Image
 from test_api import bearer, pair, status_of
 from yarl import URL
 
+from lanpair.errors import WorkerPoolStopped
 from lanpair.library import item_json
+from lanpair.models import ThumbState
 from lanpair.server import api_library
 
 
@@ -355,6 +358,86 @@ async def test_big_downloads_over_tls_come_back_whole_and_by_range(
             async with device.get(f"/files/{file_id}", headers=headers) as response:
                 assert response.status == 206
                 assert await response.read() == content[first : last + 1]
+
+
+async def test_a_thumbnail_cut_off_by_a_stop_is_drawn_later_not_failed(
+    make_daemon: StartDaemon,
+) -> None:
+    """The worker pool stopping under a draw (the daemon stopping) leaves the thumbnail to
+    draw at the next start; it once marked it failed for good (a placeholder forever)."""
+    daemon = await make_daemon()
+    phone = await pair(daemon, "Phone", "stop-phone")
+
+    async def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise WorkerPoolStopped("The worker pool has stopped.")
+
+    daemon.library._thumbs._run = stopped  # the runner the library is given: the pool's seam
+    _, body = await upload(daemon, phone["device_token"], ("cut.jpg", jpeg(color="olive")))
+    record = await daemon.store.files.get(body["files"][0]["id"])
+    assert record is not None
+    assert await daemon.library.thumbnail(record) is None
+
+    record = await daemon.store.files.get(record.id)
+    assert record is not None
+    assert record.thumb is ThumbState.PENDING
+
+
+async def test_a_picture_edited_while_its_thumbnail_is_drawn_gets_the_new_one(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """The file changes while its thumbnail is drawn (an editor saving over it): that
+    drawing is of the old picture and is dropped; the thumbnail shown is of the new one
+    (the old one once stayed for good)."""
+    _, body = await upload(daemon, phone["device_token"], ("edit.png", jpeg(64, 48)))
+    record = None
+    for _ in range(200):  # the first thumbnail, drawn on arrival
+        record = await daemon.store.files.get(body["files"][0]["id"])
+        if record is not None and record.thumb is ThumbState.READY:
+            break
+        await asyncio.sleep(0.02)
+    assert record is not None
+    source = daemon.library.paths.root / record.relpath
+    thumbs = daemon.library._thumbs
+    drawing = thumbs._run
+
+    async def edited_meanwhile(job: Any, *args: Any) -> Any:
+        drawn = await drawing(job, *args)
+        Image.new("RGB", (30, 60), "red").save(source, "PNG")  # saved over, as it was drawn
+        return drawn
+
+    thumbs._run = edited_meanwhile
+    await asyncio.to_thread(thumbs.forget, record)
+    assert await daemon.library.thumbnail(record) is None
+    thumbs._run = drawing
+    fresh = None
+    for _ in range(200):  # the watcher indexes the edit
+        fresh = await daemon.store.files.get(record.id)
+        if fresh is not None and fresh.mtime_ns != record.mtime_ns:
+            break
+        await asyncio.sleep(0.02)
+    assert fresh is not None
+
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.get(f"/thumbs/{record.id}") as response,
+    ):
+        thumb = Image.open(io.BytesIO(await response.read()))
+    assert thumb.size == (30, 60)
+
+
+async def test_thumbnails_are_drawn_again_when_their_cache_folder_went_away(
+    daemon: Daemon, phone: dict[str, Any]
+) -> None:
+    """The thumbnail cache deleted while the daemon runs: thumbnails are drawn again (a 500
+    and a traceback each, until a restart, before)."""
+    _, body = await upload(daemon, phone["device_token"], ("again.jpg", jpeg(color="teal")))
+    shutil.rmtree(daemon.library._thumbs.dir)
+    async with (
+        daemon.session(headers=bearer(phone["device_token"])) as device,
+        device.get(f"/thumbs/{body['files'][0]['id']}") as response,
+    ):
+        assert response.status == 200
+        assert response.content_type == "image/webp"
 
 
 async def test_thumbnails_are_drawn_and_bad_images_get_a_placeholder(
