@@ -273,4 +273,3 @@ class WorkerPoolStopped(WorkerError):
     """The worker pool stopped (the daemon is stopping) before a job could finish."""
 
     code = "worker_pool_stopped"
-
