@@ -56,8 +56,12 @@ def worker_main(sock: socket.socket) -> None:
 
 def _exit_with(lifeline: int) -> None:
     """Exit as soon as the pool's process does, even in the middle of a job: only it holds
-    the pipe's write end, and it writes nothing, so a read returns at its end."""
+    the pipe's write end, and it writes nothing, so a read returns at its end. What the job
+    started (ffmpeg) goes too: the worker leads its own process group."""
     os.read(lifeline, 1)
+    if os.getpgid(0) == os.getpid():  # never the group of whoever started it otherwise
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpid(), signal.SIGKILL)
     os._exit(1)
 
 

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -115,7 +116,7 @@ class WorkerPool:
                 worker.sock.send(HEADER.pack(0))
         for worker in self._workers - idle:
             # Its run() sees the end of the connection and closes the socket itself.
-            worker.process.kill()
+            _kill(worker.process)
         await asyncio.to_thread(_stop_processes, [worker.process for worker in self._workers])
         for worker in idle:
             worker.sock.close()
@@ -185,7 +186,7 @@ class WorkerPool:
         if self._closing.is_set():
             worker.sock.close()  # the stopping pool kills and reaps the process
         else:
-            worker.process.kill()
+            _kill(worker.process)
 
     def _replace_soon(self, old: _Worker, reason: str | None) -> asyncio.Task[None]:
         """Reap ``old`` and start a worker in its place, in a named background task."""
@@ -197,7 +198,7 @@ class WorkerPool:
         )
 
     async def _replace(self, old: _Worker, reason: str | None) -> None:
-        old.process.kill()
+        _kill(old.process)
         old.sock.close()
         await asyncio.to_thread(old.process.wait)
         if reason is not None:
@@ -232,8 +233,9 @@ class WorkerPool:
         fds = (theirs.fileno(), self._lifeline[0])
         command, env = python_module("lanpair.worker_process", *map(str, fds), name)
         try:
+            # Its own process group: killing the group takes what a job started (ffmpeg).
             process = subprocess.Popen(  # noqa: S603  (this interpreter, list args, no shell)
-                command, env=env, pass_fds=fds, stdin=subprocess.DEVNULL
+                command, env=env, pass_fds=fds, stdin=subprocess.DEVNULL, start_new_session=True
             )
         except BaseException:
             ours.close()
@@ -259,6 +261,12 @@ class WorkerPool:
             raise
 
 
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and whatever its job started (its process group: ffmpeg, say)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def _stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
     """Wait briefly for processes to exit, kill the rest, reap all. Blocking."""
     deadline = time.monotonic() + STOP_GRACE_S
@@ -268,7 +276,7 @@ def _stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
             log.warning("worker %s did not stop; killing it", process.pid)
-            process.kill()
+            _kill(process)
         process.wait()
 
 

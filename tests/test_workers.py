@@ -33,6 +33,14 @@ def ours(name: str) -> list[int]:
     return found
 
 
+def ends_within(pid: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for a process to exit; tell whether it did. Blocking."""
+    deadline = time.monotonic() + seconds
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gone(pid)
+
+
 def gone(pid: int) -> bool:
     """Tell whether a process has exited (a zombie nobody reaps counts as exited)."""
     try:
@@ -117,6 +125,17 @@ async def test_timeout_kills_and_replaces_only_that_worker(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "worker_jobs.span" in warnings[0].getMessage()
+
+
+async def test_what_a_timed_out_job_started_is_killed_with_its_worker(tmp_path: Path) -> None:
+    """A job past the timeout that started a process of its own (a poster job's ffmpeg):
+    that process goes with the worker (it once lived on, re-parented to init)."""
+    pid_file = tmp_path / "child.pid"
+    async with WorkerPool(1, timeout_s=1.0) as pool:
+        with pytest.raises(WorkerTimeout):
+            await pool.run(worker_jobs.sleep_in_a_child, str(pid_file), 30)
+        child = int(pid_file.read_text())
+        assert await asyncio.to_thread(ends_within, child, 3)
 
 
 async def test_crash_gives_worker_crashed_and_pool_recovers(

@@ -73,3 +73,13 @@ def exit_hard(code: int) -> None:
 def returns_a_function() -> object:
     """Return a function: a reply the pool must refuse to unpickle (it could run it)."""
     return os.system
+
+
+def sleep_in_a_child(pid_file: str, seconds: float) -> None:
+    """Start ``sleep`` as a child (as a poster job starts ffmpeg), note its pid, wait for it."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    with open(pid_file, "w") as out:  # noqa: PTH123 - plain, in a worker
+        out.write(str(child.pid))
+    child.wait()
