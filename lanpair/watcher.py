@@ -24,6 +24,8 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -44,7 +46,6 @@ SETTLE_S = 0.01  # a file closed or moved in: wait this long for more news about
 WRITE_IDLE_S = 60.0  # a writer that neither writes nor closes for this long: take the file
 RESCAN_EVERY_S = 30.0  # where file events never arrive
 MAX_RETRY_PAUSE_S = 60.0  # between rescans while indexing keeps failing
-OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 # Where the kernel tells a watcher nothing about changes made by other machines.
 NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre"}
@@ -57,9 +58,11 @@ _EVENT_TYPES = [
     FileClosedEvent,
     FileMovedEvent,
     FileDeletedEvent,
+    FileAttribEvent,  # times set alone (touch -d, a date fixer): the index keeps the mtime
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,  # the kernel's queue overflowed (watchdog sends it after re-watching)
 ]
 
 
@@ -120,7 +123,6 @@ class Watcher:
         self._folder_watches: dict[str, ObservedWatch] = {}  # top-level folder -> its watch
         self._folder_changes: asyncio.Queue[tuple[str | None, str | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._overflow = _OverflowAlarm(self._overflowed)
         self.polling = False
 
     async def __aenter__(self) -> Self:
@@ -150,8 +152,6 @@ class Watcher:
                 watch = await asyncio.to_thread(self._watch_folder, observer, name)
                 if watch is not None:
                     self._folder_watches[name] = watch
-            logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow)
-            self._overflow.loop = loop
             await asyncio.to_thread(observer.start)
             self._observer = observer
             log.info("watching %s (%d folders) for files added by hand", self.root, len(folders))
@@ -165,7 +165,6 @@ class Watcher:
             await asyncio.to_thread(self._observer.stop)  # joins the emitters: not on the loop
             await asyncio.to_thread(self._observer.join)
             self._observer = None
-            logging.getLogger(OVERFLOW_LOGGER).removeHandler(self._overflow)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -191,6 +190,9 @@ class Watcher:
 
     def _seen(self, event: FileSystemEvent) -> None:
         """Take one watchdog event (loop thread)."""
+        if isinstance(event, EventsLostEvent):
+            self._overflowed()
+            return
         src = self._relpath(event.src_path)
         dest = self._relpath(event.dest_path) if event.dest_path else None
         if isinstance(event, FileMovedEvent | DirMovedEvent):
@@ -225,6 +227,8 @@ class Watcher:
         elif isinstance(event, FileClosedEvent):
             self._writing.pop(src, None)
             self._later(src, self._settle_s)
+        elif isinstance(event, FileAttribEvent) and src not in self._writing:
+            self._later(src, self._settle_s)  # times set; a writer's close is news enough
 
     def _moved(self, src: str | None, dest: str | None, *, folder: bool) -> None:
         if folder:
@@ -383,21 +387,6 @@ class _Forwarder(FileSystemEventHandler):
         """Forward ``event`` to the loop."""
         with contextlib.suppress(RuntimeError):  # the loop closed while we stop
             self._loop.call_soon_threadsafe(self._seen, event)
-
-
-class _OverflowAlarm(logging.Handler):
-    """Notice watchdog's "queue overflowed" warning: the one sign it gives of lost events."""
-
-    def __init__(self, alarm: Callable[[], None]) -> None:
-        super().__init__(logging.WARNING)
-        self._alarm = alarm
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Raise the alarm on the loop when the record says events were lost."""
-        if "overflow" in record.getMessage() and self.loop is not None:
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self._alarm)
 
 
 def filesystem_type(path: Path) -> str | None:
