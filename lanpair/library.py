@@ -320,13 +320,17 @@ class Library:
         files at a time) are kept once. Once begun, never cut short (a revoke cancels the
         device's uploads): a file placed is a file indexed."""
         lock = self._content_locks.setdefault(sha256, asyncio.Lock())
+        # What the watcher sees in the target folder meanwhile (a delete by hand the moment
+        # the file lands) is looked at once the file is indexed, not before.
+        target = "/".join((folder, *relparts[:-1]))
 
         async def file_in() -> Stored:
             async with lock:
-                found = await asyncio.to_thread(
-                    self._place_unless_here, spool, sha256, folder, device_id, relparts
-                )
-                return await self._stored(found)
+                with self._claiming(target):
+                    found = await asyncio.to_thread(
+                        self._place_unless_here, spool, sha256, folder, device_id, relparts
+                    )
+                    return await self._stored(found)
 
         task = asyncio.create_task(file_in(), name=f"file-in-{sha256[:8]}")
         self._filing.add(task)  # held: a task is only weakly referenced by the loop
@@ -602,6 +606,10 @@ class Library:
     async def _sync_paths(self, relpaths: list[str]) -> None:
         """Index, update or drop each of these files as the disk now has it."""
         relpaths = list(dict.fromkeys(relpaths))
+        if self._claims:  # lanpair is changing some: look at them when it is done
+            mine = {p for p in relpaths if self._claimed(p)}
+            self._deferred.update(mine)
+            relpaths = [p for p in relpaths if p not in mine]
         on_disk, indexed = await asyncio.gather(
             asyncio.to_thread(tree.stat_many, self.paths.root, relpaths),
             self._store.files.stats_of(relpaths),

@@ -10,8 +10,10 @@ import io
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Daemon, StartDaemon
@@ -329,6 +331,34 @@ async def test_hidden_files_and_folders_are_not_shown_until_renamed_into_view(
 
     assert [(e.type, e.data["item"]["name"]) for e in shown] == [("file.added", "photo.jpg")]
     assert list(await daemon.store.files.stats(FOLDER)) == [f"{FOLDER}/photo.jpg"]
+
+
+async def test_an_upload_deleted_by_hand_the_moment_it_lands_leaves_the_gallery(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    """The file is deleted by hand between its landing and its indexing: the gallery ends
+    without it (the upload once indexed it afterwards, a row with no file, for good)."""
+    daemon, _folder, subscription = watched
+    library = daemon.library
+    placing = library._place_unless_here
+
+    def placed_then_deleted(*args: Any) -> Any:
+        found = placing(*args)
+        (library.paths.root / found.relpath).unlink()  # someone at the PC, quick
+        time.sleep(QUIET_S)  # the watcher has seen both before the upload indexes it
+        return found
+
+    library._place_unless_here = placed_then_deleted  # type: ignore[method-assign]
+    async with (
+        daemon.session() as session,
+        session.post("/api/upload", data=form(("gone.jpg", jpeg(90)))) as response,
+    ):
+        assert response.status == 200
+    library._place_unless_here = placing  # type: ignore[method-assign]
+
+    said = [event.type for event in await collect(subscription, quiet_s=1.0)]
+    assert said[-1] == "file.removed"
+    assert await daemon.store.files.stats("Test PC") == {}
 
 
 async def test_a_files_times_set_alone_are_followed(
