@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from conftest import Daemon, StartDaemon
 from PIL import Image
-from test_library import form
+from test_api import pair
+from test_library import form, upload
 from watchdog.events import EventsLostEvent
 
 from lanpair.events import Event, Subscription
@@ -359,6 +360,32 @@ async def test_an_upload_deleted_by_hand_the_moment_it_lands_leaves_the_gallery(
     said = [event.type for event in await collect(subscription, quiet_s=1.0)]
     assert said[-1] == "file.removed"
     assert await daemon.store.files.stats("Test PC") == {}
+
+
+async def test_a_device_folder_renamed_by_hand_takes_its_files_out_of_the_devices_count(
+    watched: tuple[Daemon, Path, Subscription],
+) -> None:
+    """A device's folder renamed by hand is no longer the device's: its files leave the
+    device's count (the count once kept them, as only adds and deletes were counted)."""
+    daemon, _folder, subscription = watched
+    phone = await pair(daemon, "Beta", "beta")
+    for n in range(3):
+        await upload(daemon, phone["device_token"], (f"b{n}.txt", b"beta %d" % n))
+    await collect(subscription)
+    [device] = [
+        d for d in await daemon.store.pairings.devices() if d.device_id == phone["device_id"]
+    ]
+    assert device.file_count == 3
+    root = daemon.library.paths.root
+    (root / device.folder).rename(root / "Renamed by hand")
+
+    moved = await wait_for(subscription, 3)
+
+    assert kinds(moved) == ["file.moved"] * 3
+    [device] = [
+        d for d in await daemon.store.pairings.devices() if d.device_id == phone["device_id"]
+    ]
+    assert device.file_count == 0
 
 
 async def test_a_files_times_set_alone_are_followed(

@@ -104,6 +104,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX handoffs_device ON handoffs (device_id, spent_at);
     """,
+    """
+    -- A file moved by hand into another device's folder changes owner: count it there.
+    CREATE TRIGGER files_count_move AFTER UPDATE OF device_id ON files
+    WHEN OLD.device_id IS NOT NEW.device_id BEGIN
+        UPDATE devices SET file_count = file_count - 1 WHERE device_id = OLD.device_id;
+        UPDATE devices SET file_count = file_count + 1 WHERE device_id = NEW.device_id;
+    END;
+    UPDATE devices SET file_count =
+        (SELECT count(*) FROM files WHERE files.device_id = devices.device_id);
+    """,
 )
 
 
