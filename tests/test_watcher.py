@@ -349,6 +349,8 @@ async def test_an_upload_deleted_by_hand_the_moment_it_lands_leaves_the_gallery(
         time.sleep(QUIET_S)  # the watcher has seen both before the upload indexes it
         return found
 
+    (library.paths.root / "Test PC").mkdir()  # the PC's folder, already watched
+    await collect(subscription)
     library._place_unless_here = placed_then_deleted  # type: ignore[method-assign]
     async with (
         daemon.session() as session,
