@@ -77,6 +77,13 @@ def serve_command(data_dir: Path, port: str = "0") -> list[str]:
     ]
 
 
+def serve_refused(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a ``lanpair serve`` that is expected to refuse to start; return how it ended."""
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=30, env=_env(), check=False
+    )
+
+
 @contextmanager
 def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[Running]:
     """Run ``lanpair serve`` until the block ends, then stop it with SIGTERM."""
@@ -251,14 +258,7 @@ def test_port_in_use_is_reported_without_a_traceback(tmp_path: Path) -> None:
     """A second daemon on a taken port exits 1 with a sentence."""
     with serving(tmp_path / "a", tmp_path / "log") as running:
         port = running.url.rsplit(":", 1)[1]
-        clash = subprocess.run(
-            serve_command(tmp_path / "b", port),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=_env(),
-            check=False,
-        )
+        clash = serve_refused(serve_command(tmp_path / "b", port))
     assert clash.returncode == 1
     assert f"Cannot listen on port {port}" in clash.stderr
     assert "Traceback" not in clash.stderr
@@ -271,14 +271,7 @@ def test_a_second_daemon_on_the_same_data_is_refused_and_the_first_keeps_serving
     one stopped last would delete it under the other): the second exits 1 with a sentence,
     and the owner's commands still reach the first."""
     with serving(tmp_path / "data", tmp_path / "log") as running:
-        second = subprocess.run(
-            serve_command(tmp_path / "data"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=_env(),
-            check=False,
-        )
+        second = serve_refused(serve_command(tmp_path / "data"))
         still = subprocess.run(
             [sys.executable, "-m", "lanpair", "devices", "--data-dir", str(tmp_path / "data")],
             capture_output=True,
@@ -303,14 +296,7 @@ def test_a_data_or_library_folder_that_is_a_file_is_said_in_a_sentence(
     a_file.write_text("mine")
     data = a_file if which == "--data-dir" else tmp_path / "data"
     extra = ["--library", str(a_file)] if which == "--library" else []
-    refused = subprocess.run(
-        [*serve_command(data), *extra],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=_env(),
-        check=False,
-    )
+    refused = serve_refused([*serve_command(data), *extra])
     assert refused.returncode == 1
     assert f"Cannot use {a_file} as the" in refused.stderr
     assert "it is a file" in refused.stderr
