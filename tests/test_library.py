@@ -26,7 +26,7 @@ from yarl import URL
 
 from lanpair.errors import WorkerPoolStopped
 from lanpair.library import item_json
-from lanpair.models import ThumbState
+from lanpair.models import FileRecord, ThumbState
 from lanpair.server import api_library
 
 
@@ -58,6 +58,16 @@ async def upload(
         device.post("/api/upload", data=form(*files, modified_ms=modified_ms)) as response,
     ):
         return response.status, await response.json()
+
+
+async def thumbnail_drawn(daemon: Daemon, file_id: int) -> FileRecord:
+    """Wait for the thumbnail drawn on a file's arrival; return the file's record."""
+    async with asyncio.timeout(10):
+        while True:
+            record = await daemon.store.files.get(file_id)
+            if record is not None and record.thumb is ThumbState.READY:
+                return record
+            await asyncio.sleep(0.02)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
@@ -389,13 +399,7 @@ async def test_a_picture_edited_while_its_thumbnail_is_drawn_gets_the_new_one(
     drawing is of the old picture and is dropped; the thumbnail shown is of the new one
     (the old one once stayed for good)."""
     _, body = await upload(daemon, phone["device_token"], ("edit.png", jpeg(64, 48)))
-    record = None
-    for _ in range(200):  # the first thumbnail, drawn on arrival
-        record = await daemon.store.files.get(body["files"][0]["id"])
-        if record is not None and record.thumb is ThumbState.READY:
-            break
-        await asyncio.sleep(0.02)
-    assert record is not None
+    record = await thumbnail_drawn(daemon, body["files"][0]["id"])
     source = daemon.library.paths.root / record.relpath
     thumbs = daemon.library._thumbs
     drawing = thumbs._run
@@ -431,6 +435,7 @@ async def test_thumbnails_are_drawn_again_when_their_cache_folder_went_away(
     """The thumbnail cache deleted while the daemon runs: thumbnails are drawn again (a 500
     and a traceback each, until a restart, before)."""
     _, body = await upload(daemon, phone["device_token"], ("again.jpg", jpeg(color="teal")))
+    await thumbnail_drawn(daemon, body["files"][0]["id"])
     shutil.rmtree(daemon.library._thumbs.dir)
     async with (
         daemon.session(headers=bearer(phone["device_token"])) as device,
