@@ -361,9 +361,10 @@ def _qr(args: argparse.Namespace, settings: Settings) -> int:
     print(f"The code works once, until {pairing['expires_at']}.")
     print("On a computer on this network, either of:")
     print(f"  lanpair pair '{pairing['url']}'")
-    by_name = f"  lanpair pair {shlex.quote(pairing['name'])} --code {pairing['pairing_token']}"
+    # "--code=…": a code (or a fingerprint) may start with "-", which would read as a flag.
+    by_name = f"  lanpair pair {shlex.quote(pairing['name'])} --code={pairing['pairing_token']}"
     if pairing.get("fingerprint"):
-        by_name += f" --fingerprint {pairing['fingerprint']}"
+        by_name += f" --fingerprint={pairing['fingerprint']}"
     print(by_name)
     if pairing.get("fingerprint"):
         print(f"This PC's key fingerprint: {pairing['fingerprint']}")

@@ -161,7 +161,7 @@ def test_discover_from_the_laptop_finds_the_pc_within_a_second_with_its_fingerpr
 
 
 def test_pair_by_name_and_code_pins_the_announced_key(lan: Lan, tmp_path: Path) -> None:
-    """`lanpair pair "Test PC" --code CODE --fingerprint FP` (as `lanpair qr` prints it)
+    """`lanpair pair "Test PC" --code=CODE --fingerprint=FP` (as `lanpair qr` prints it)
     finds the PC by mDNS and pins its key; without the fingerprint (and no one to ask) or
     with a wrong one it refuses, and the code stays unspent."""
     pc, laptop = lan["pc"], lan["laptop"]
@@ -169,22 +169,20 @@ def test_pair_by_name_and_code_pins_the_announced_key(lan: Lan, tmp_path: Path) 
     client = tmp_path / "client"
     wait_announced(laptop, client, lambda found: len(found) == 1)
     shown = ok(lanpair(pc, "qr", "--data-dir", str(daemon.data_dir), client=client)).stdout
-    words = next(line for line in shown.splitlines() if "--code" in line).split()
-    code = words[words.index("--code") + 1]
+    words = next(line for line in shown.splitlines() if "--code=" in line).split()
+    code = next(w for w in words if w.startswith("--code=")).removeprefix("--code=")
+    # As printed: "--code=…", since a code (1 in 64) or a key may start with "-".
+    by_code = f"--code={code}"
 
-    wrong = lanpair(
-        laptop, "pair", "Test PC", "--code", code, "--fingerprint", "A" * 43, client=client
-    )
-    unvouched = lanpair(laptop, "pair", "Test PC", "--code", code, client=client)
+    wrong = lanpair(laptop, "pair", "Test PC", by_code, "--fingerprint", "A" * 43, client=client)
+    unvouched = lanpair(laptop, "pair", "Test PC", by_code, client=client)
     paired = ok(
         lanpair(
             laptop,
             "pair",
             "Test PC",
-            "--code",
-            code,
-            "--fingerprint",
-            daemon.fingerprint,
+            by_code,
+            f"--fingerprint={daemon.fingerprint}",
             client=client,
         )
     )
@@ -192,7 +190,7 @@ def test_pair_by_name_and_code_pins_the_announced_key(lan: Lan, tmp_path: Path) 
     assert wrong.returncode == 6, wrong.stderr
     assert unvouched.returncode == 6, unvouched.stderr
     assert "--fingerprint" in unvouched.stderr
-    assert f"lanpair pair 'Test PC' --code {code} --fingerprint {daemon.fingerprint}" in shown
+    assert f"lanpair pair 'Test PC' --code={code} --fingerprint={daemon.fingerprint}" in shown
     assert f"{daemon.fingerprint} (announced on the LAN" in paired.stdout
     stored = json.loads((client / "pairings.json").read_text())["pcs"][0]
     assert (stored["pc_id"], stored["fingerprint"]) == (daemon.device_id, daemon.fingerprint)
