@@ -422,7 +422,7 @@ class Pairing:
 
     def valid(self, device: Device) -> bool:
         """Say whether a device's pairing still holds now (its expiry not passed)."""
-        return device.status_at(self._clock.now()) is DeviceStatus.CONFIRMED
+        return self.status(device) is DeviceStatus.CONFIRMED
 
     def status(self, device: Device) -> DeviceStatus:
         """Return a device's status as of now."""

@@ -65,11 +65,11 @@ class Thumbnails:
     async def _draw(self, record: FileRecord, path: Path) -> Path | None:
         source = self._root / record.relpath
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        there = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
-        if record.relpath not in there:  # gone, or swapped for a symlink since it was indexed
+        there = await self._stat(record)
+        if there is None:  # gone, or swapped for a symlink since it was indexed
             log.info("no thumbnail for %s: it is no longer a file of the library", record.relpath)
             return None
-        if there[record.relpath] != (record.size, record.mtime_ns):
+        if there != (record.size, record.mtime_ns):
             return None  # edited since this record: the edit's own draw follows
         try:
             draw = media.video_poster if record.kind is Kind.VIDEO else media.make_thumbnail
@@ -79,8 +79,7 @@ class Thumbnails:
         except Exception as exc:  # a hostile file must cost one log line, nothing more
             log.warning("no thumbnail for %s: %s", record.relpath, exc)
             drawn = None
-        after = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
-        if after.get(record.relpath) != (record.size, record.mtime_ns):
+        if await self._stat(record) != (record.size, record.mtime_ns):
             # Edited while it was drawn: this picture is of the old file. Dropped; the edit's
             # own draw (or the next request) draws the new one.
             await asyncio.to_thread(path.unlink, missing_ok=True)
@@ -93,6 +92,12 @@ class Thumbnails:
                 if duration is not None:
                     await self._store.files.set_duration(record.id, duration)
         return path if drawn else None
+
+    async def _stat(self, record: FileRecord) -> tuple[int, int] | None:
+        """Return the size and mtime of a record's file as the disk has it now, or None if
+        it is no longer a file of the library."""
+        there = await asyncio.to_thread(tree.stat_many, self._root, [record.relpath])
+        return there.get(record.relpath)
 
 
 async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -153,15 +153,12 @@ async def run_all(
                 duplicate = await work(job)
             except (Fatal, *STOPS_EVERYTHING):
                 raise
-            except Unreachable as exc:
-                if not await answering(api):
+            except LanpairError as exc:
+                if isinstance(exc, Unreachable) and not await answering(api):
                     raise Unreachable(
                         f"The PC stopped answering ({exc.message}); run the same command "
                         "again when it is back, to continue where it stopped."
                     ) from None
-                summary.failed.append((job.relpath, exc.message))
-                meter.note(f"{job.relpath}: {exc.message}")
-            except LanpairError as exc:
                 summary.failed.append((job.relpath, exc.message))
                 meter.note(f"{job.relpath}: {exc.message}")
             else:

@@ -57,10 +57,12 @@ async def events(request: web.Request) -> web.WebSocketResponse:
                     await _stop(reader)  # close() reads the client's reply itself
                     await socket.close(code=closed.code, message=b"closed by lanpair")
                 break
+            # Once per wake-up, not per event: the timer above misses an expiry only when
+            # the clocks disagree (a PC that slept: the monotonic clock stood still).
+            if who.device is not None and not services.pairing.valid(who.device):
+                hub.close(who.device.device_id)  # expired: the next turn closes it
+                continue
             for ready in (event, *subscription.ready()):
-                if who.device is not None and not services.pairing.valid(who.device):
-                    hub.close(who.device.device_id)  # expired: the next turn closes it
-                    break
                 await socket.send_str(ready.text)
     finally:
         if expiry is not None:
