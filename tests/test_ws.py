@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -174,19 +176,33 @@ async def test_the_pc_sees_a_phones_upload_advance(daemon: Daemon) -> None:
     assert counts == sorted(counts)
 
 
-async def test_a_resumable_upload_reports_progress_from_where_it_resumes(daemon: Daemon) -> None:
-    """A tus PATCH that completes the file says done, counting bytes sent before."""
-    phone = await pair(daemon, "Phone", "tus-progress")
+@contextlib.asynccontextmanager
+async def tus_phone_seen_by_the_pc(
+    daemon: Daemon, client_id: str
+) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]]:
+    """Yield a newly paired phone's session (tus headers set) and the PC's event socket."""
+    phone = await pair(daemon, "Phone", client_id)
     headers = {**bearer(phone["device_token"]), "Tus-Resumable": "1.0.0"}
     async with (
         daemon.session() as owner,
         owner.ws_connect("/api/events") as pc_socket,
         daemon.session(headers=headers) as device,
     ):
+        yield device, pc_socket
+
+
+async def create_upload(device: aiohttp.ClientSession, length: int, metadata: str) -> str:
+    """Create a tus upload of ``length`` bytes; return its location."""
+    create = {"Upload-Length": str(length), "Upload-Metadata": metadata}
+    async with device.post("/api/tus/", headers=create) as response:
+        return response.headers["Location"]
+
+
+async def test_a_resumable_upload_reports_progress_from_where_it_resumes(daemon: Daemon) -> None:
+    """A tus PATCH that completes the file says done, counting bytes sent before."""
+    async with tus_phone_seen_by_the_pc(daemon, "tus-progress") as (device, pc_socket):
         name = base64.b64encode(b"clip.bin").decode()
-        create = {"Upload-Length": "2000", "Upload-Metadata": f"filename {name}"}
-        async with device.post("/api/tus/", headers=create) as response:
-            location = response.headers["Location"]
+        location = await create_upload(device, 2000, f"filename {name}")
         patch = {"Content-Type": "application/offset+octet-stream"}
         for offset in (0, 1000):
             async with device.patch(
@@ -208,20 +224,12 @@ async def test_a_resumable_upload_reports_progress_from_where_it_resumes(daemon:
 async def test_a_refused_resumable_upload_is_not_said_to_be_saved(daemon: Daemon) -> None:
     """A tus upload whose bytes do not match its sha256 is refused (460): the PC's page is
     told ``failed``, never ``done`` (it once showed "Saved" for a file that never came)."""
-    phone = await pair(daemon, "Phone", "tus-refused")
-    headers = {**bearer(phone["device_token"]), "Tus-Resumable": "1.0.0"}
-    async with (
-        daemon.session() as owner,
-        owner.ws_connect("/api/events") as pc_socket,
-        daemon.session(headers=headers) as device,
-    ):
+    async with tus_phone_seen_by_the_pc(daemon, "tus-refused") as (device, pc_socket):
         meta = (
             f"filename {base64.b64encode(b'wrong.bin').decode()},sha256 "
             + base64.b64encode(b"0" * 64).decode()
         )
-        create = {"Upload-Length": "1000", "Upload-Metadata": meta}
-        async with device.post("/api/tus/", headers=create) as response:
-            location = response.headers["Location"]
+        location = await create_upload(device, 1000, meta)
         patch = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
         async with device.patch(location, data=b"x" * 1000, headers=patch) as response:
             assert response.status == 460
